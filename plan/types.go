@@ -116,7 +116,7 @@ type FDB struct {
 
 // Firewall is the host firewall's desired content (nftables sets).
 type Firewall struct {
-	// AllPools are every enabled pool's CIDR: traffic to them is never NATed.
+	// AllPools are every pool's CIDR, disabled or not: traffic to them is never NATed.
 	AllPools []netip.Prefix
 	// NATPools are the CIDRs of pools with natOutgoing.
 	NATPools []netip.Prefix
