@@ -1,0 +1,172 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"twill.dev/twill/agent"
+	"twill.dev/twill/agentapi"
+	"twill.dev/twill/datastore"
+	"twill.dev/twill/plan"
+)
+
+func init() {
+	commandAdders = append(commandAdders, func(root *cobra.Command, g *globals) {
+		root.AddCommand(newNodeCmd(g))
+	})
+}
+
+func newNodeCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Run the node agent",
+		Args:  groupArgs,
+	}
+	cmd.AddCommand(newNodeRunCmd(g))
+	return cmd
+}
+
+// envOr returns the first non-empty environment variable of names, else def.
+func envOr(def string, names ...string) string {
+	for _, n := range names {
+		if v := strings.TrimSpace(os.Getenv(n)); v != "" {
+			return v
+		}
+	}
+	return def
+}
+
+// envInt reads an integer default from the environment; a bad value is
+// reported when the command runs.
+func envInt(def int, bad *[]error, name string) int {
+	v := envOr("", name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		*bad = append(*bad, fmt.Errorf("%s=%q is not a whole number", name, v))
+		return def
+	}
+	return n
+}
+
+// envDuration reads a duration default from the environment.
+func envDuration(def time.Duration, bad *[]error, name string) time.Duration {
+	v := envOr("", name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		*bad = append(*bad, fmt.Errorf("%s=%q is not a duration such as 30s", name, v))
+		return def
+	}
+	return d
+}
+
+// parseLogLevel parses debug, info, warn or error.
+func parseLogLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(strings.TrimSpace(s))); err != nil {
+		return 0, fmt.Errorf("--log-level %q must be debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func newNodeRunCmd(g *globals) *cobra.Command {
+	var envErrs []error
+	cfg := agent.Config{}
+	var logLevel string
+	run := &cobra.Command{
+		Use:   "run [--name NAME] [--ip ADDR[/LEN] | --ip-autodetection-method METHOD] [--netns PATH] [--socket PATH]",
+		Short: "Register this node and keep its routes, VXLAN device, neighbours and FDB in line with the datastore",
+		Long: `run is Twill's node agent. It registers the node in the datastore (its host
+address with prefix length, interface, MTU, VTEP MAC and a VXLAN tunnel address
+from its own block), creates the default IP pool from CALICO_IPV4POOL_* /
+TWILL_IPV4POOL_* when no pool exists, then watches the datastore and makes the
+kernel match the plan: routes to every peer's blocks (direct within the node's
+subnet, over VXLAN across subnets), the VXLAN device, its neighbour and FDB
+entries. Kernel changes to what Twill owns are undone within milliseconds.
+
+The CNI plugin reaches the agent on a unix socket (--socket). Health checks are
+served on --health-addr (/healthz, /readyz), Prometheus metrics on
+--metrics-addr (/metrics).
+
+The node address is --ip (a bare address gets the prefix length of the
+interface that holds it), else detected by --ip-autodetection-method:
+  first-found             first up interface that is not virtual (default)
+  interface=REGEX[,...]   first interface whose name matches
+  skip-interface=REGEX    first-found, skipping matching interfaces
+  cidr=CIDR[,CIDR]        first address inside the networks
+  can-reach=IP            the address the kernel would send from to reach IP
+With --netns every lookup and change happens in that network namespace.
+
+Environment: NODENAME, IP, IP_AUTODETECTION_METHOD, TWILL_NETNS,
+TWILL_AGENT_SOCKET, TWILL_VXLAN_DEVICE, TWILL_VXLAN_VNI, TWILL_VXLAN_PORT,
+TWILL_VXLAN_MTU, TWILL_VTEP_MAC, TWILL_RESYNC_INTERVAL, TWILL_HEALTH_ADDR,
+TWILL_METRICS_ADDR, TWILL_LOG_LEVEL; flags win.`,
+		Args: usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(envErrs) > 0 {
+				return usageErr(errors.Join(envErrs...))
+			}
+			level, err := parseLogLevel(logLevel)
+			if err != nil {
+				return usageErr(err)
+			}
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			slog.SetDefault(log)
+			cfg.Logger = log
+			ctx := cmd.Context()
+			if err := cfg.Check(); err != nil {
+				return usageErr(err)
+			}
+			// Wait for the datastore: an agent started before etcd keeps trying.
+			var s datastore.Store
+			for attempt := 1; ; attempt++ {
+				s, err = g.store(ctx)
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil || !errors.Is(err, datastore.ErrUnavailable) {
+					return err
+				}
+				d := time.Duration(min(attempt, 5)) * time.Second
+				log.Warn("datastore unreachable; retrying", "err", err, "in", d)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(d):
+				}
+			}
+			defer s.Close()
+			return agent.Run(ctx, s, cfg)
+		},
+	}
+	f := run.Flags()
+	f.StringVar(&cfg.NodeName, "name", envOr("", "NODENAME", "TWILL_NODENAME"), "node name (env NODENAME; default the host name)")
+	f.StringVar(&cfg.IP, "ip", envOr("", "IP", "TWILL_IP"), "node address, ADDR or ADDR/LEN; \"\" or autodetect to detect it (env IP)")
+	f.StringVar(&cfg.AutodetectMethod, "ip-autodetection-method", envOr(agent.MethodFirstFound, "IP_AUTODETECTION_METHOD", "TWILL_IP_AUTODETECTION_METHOD"),
+		"how to find the node address without --ip: first-found, interface=REGEX, skip-interface=REGEX, cidr=CIDR[,CIDR], can-reach=IP (env IP_AUTODETECTION_METHOD)")
+	f.StringVar(&cfg.NetnsPath, "netns", envOr("", "TWILL_NETNS"), "run against the network namespace at PATH, e.g. /var/run/netns/node1 (env TWILL_NETNS)")
+	f.StringVar(&cfg.SocketPath, "socket", envOr(agentapi.DefaultSocket, "TWILL_AGENT_SOCKET"), "unix socket for the CNI plugin (env TWILL_AGENT_SOCKET)")
+	f.StringVar(&cfg.VXLAN.Device, "vxlan-device", envOr(plan.DefaultVXLANDevice, "TWILL_VXLAN_DEVICE"), "name of the VXLAN device (env TWILL_VXLAN_DEVICE)")
+	f.IntVar(&cfg.VXLAN.VNI, "vxlan-vni", envInt(plan.DefaultVNI, &envErrs, "TWILL_VXLAN_VNI"), "VXLAN network identifier (env TWILL_VXLAN_VNI)")
+	f.IntVar(&cfg.VXLAN.Port, "vxlan-port", envInt(plan.DefaultVXLANPort, &envErrs, "TWILL_VXLAN_PORT"), "VXLAN UDP port (env TWILL_VXLAN_PORT)")
+	f.IntVar(&cfg.VXLAN.MTU, "vxlan-mtu", envInt(0, &envErrs, "TWILL_VXLAN_MTU"), "MTU of the VXLAN device; 0 = host MTU - 50 (env TWILL_VXLAN_MTU)")
+	f.StringVar(&cfg.VTEPMAC, "vtep-mac", envOr("", "TWILL_VTEP_MAC"), "MAC of the VXLAN device; default derived from the node name as Calico does (env TWILL_VTEP_MAC)")
+	f.DurationVar(&cfg.ResyncInterval, "resync-interval", envDuration(agent.DefaultResyncInterval, &envErrs, "TWILL_RESYNC_INTERVAL"), "period of full reconciles (env TWILL_RESYNC_INTERVAL)")
+	f.StringVar(&cfg.HealthAddr, "health-addr", envOr(agent.DefaultHealthAddr, "TWILL_HEALTH_ADDR"), "loopback HOST:PORT for /healthz and /readyz; \"\" disables (env TWILL_HEALTH_ADDR)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr("", "TWILL_METRICS_ADDR"), "HOST:PORT for Prometheus /metrics, e.g. 127.0.0.1:9091; \"\" disables (env TWILL_METRICS_ADDR)")
+	f.DurationVar(&cfg.GCGrace, "gc-grace", envDuration(agent.DefaultGCGrace, &envErrs, "TWILL_GC_GRACE"), "CNI GC spares addresses this agent handed out more recently than this (env TWILL_GC_GRACE)")
+	f.StringVar(&logLevel, "log-level", envOr("info", "TWILL_LOG_LEVEL"), "debug, info, warn or error (env TWILL_LOG_LEVEL)")
+	return run
+}
