@@ -22,7 +22,8 @@
 //
 // # Update, delete, prune
 //
-// Reconciler.Apply is a full reconcile, in this order: device, device
+// Reconciler.Apply is a full reconcile, in this order: host firewall (see
+// below; skipped when the plan's Firewall is the zero value), device, device
 // address, neighbours, FDB, routes. For each kind it updates (adds or
 // replaces) what is missing or different, and prunes what Twill owns and the
 // plan no longer wants. Applying the same plan twice changes nothing the
@@ -30,9 +31,9 @@
 // going and returns every failure joined (errors.Join), each an *OpError.
 // A route whose device does not exist yet, or is down (a pod's veth before
 // the CNI plugin brings it up), is skipped without error and listed in
-// Result.Pending. The per-kind methods (ApplyDevice, ApplyNeighbors, ApplyFDB,
-// ApplyRoutes, UpdateRoutes, DeleteRoutes) do the same for one kind, for
-// incremental work.
+// Result.Pending. The per-kind methods (ApplyFirewall, ApplyDevice,
+// ApplyNeighbors, ApplyFDB, ApplyRoutes, UpdateRoutes, DeleteRoutes) do the
+// same for one kind, for incremental work.
 //
 // Device drift is fixed in place when the kernel allows it (MTU, MAC,
 // administrative state) and by deleting and recreating the device otherwise
@@ -55,10 +56,86 @@
 // The agent calls Apply on each signal: healing is simply event → Apply.
 //
 // Reconciler.Observe reads back what the kernel holds for Twill, as plan-like
-// values, for `twill routes --live` and for tests.
+// values, and Reconciler.ObserveFirewall the firewall table, for
+// `twill routes --live` and for tests.
 //
-// The types and the decision logic live in this file and build everywhere;
-// the netlink calls live in the _linux.go files.
+// # Host firewall
+//
+// Reconciler.ApplyFirewall makes the namespace's table "inet twill" match a
+// plan.Firewall. Twill never reads for pruning, let alone changes, any other
+// table; inside its own table everything is Twill's, and anything it did not
+// create there (another chain, set or object) makes it rebuild the table.
+//
+//	table inet twill {
+//		counter vxlan-dropped {}
+//		set nat-pools   { type ipv4_addr; flags interval; }  # plan NATPools
+//		set all-pools   { type ipv4_addr; flags interval; }  # plan AllPools ∪ NATPools
+//		set vxlan-peers { type ipv4_addr; }                  # plan VXLANPeers
+//		chain postrouting {
+//			type nat hook postrouting priority srcnat; policy accept;
+//			meta l4proto udp ip saddr @nat-pools ip daddr != @all-pools masquerade to :4790-65535 random,fully-random comment "twill:masq-udp"
+//			ip saddr @nat-pools ip daddr != @all-pools masquerade random,fully-random comment "twill:masq"
+//		}
+//		chain input {
+//			type filter hook input priority filter - 1; policy accept;
+//			udp dport 4789 ip saddr != @vxlan-peers counter name "vxlan-dropped" drop comment "twill:vxlan-allow"
+//		}
+//	}
+//
+// Traffic from a natOutgoing pool to anywhere outside all pools is
+// masqueraded with fully random ports; traffic between pools keeps its
+// source. Masquerade must never pick the VXLAN port as a source port: a
+// reply to it would reach the host's VXLAN socket (or, once conntrack has
+// forgotten the flow, the allow-list's drop rule) instead of the pod. One
+// port cannot be cut out of a masquerade range, so UDP, the only protocol
+// concerned, is masqueraded into the larger side of the port space around
+// the VXLAN port (4790-65535 for 4789; see masqPorts) and everything else
+// into the kernel's default range. VXLAN from an address that is not a
+// known node is dropped and counted, whichever interface it arrives on.
+//
+// google/nftables v0.3.0 cannot write that UDP rule: with a port range,
+// expr.Masq sends no flags at all, not even NF_NAT_RANGE_PROTO_SPECIFIED,
+// without which the kernel ignores the range. The rule is therefore written
+// by a raw netlink batch. Where the library writes the table (created,
+// rebuilt, or the chain refilled) it first writes a placeholder that drops
+// the traffic the rule would masquerade, then the rule replaces it in place
+// right after: for that moment new UDP flows from NAT pools lose their first
+// packet rather than take the VXLAN port or leave unmasqueraded. Should the
+// replacement keep failing, they stay dropped and every apply reports it.
+//
+// # Host firewall updates
+//
+// Set elements are added and removed one by one, never flushed and
+// refilled; pool CIDRs are merged into disjoint intervals first, since an
+// interval set rejects overlaps. A chain whose rules differ from the wanted
+// ones is flushed and refilled in one transaction. A table that cannot be
+// fixed in place (a set or chain of the wrong type, a stray object, or an
+// in-place update the kernel refused) is deleted and created again in one
+// transaction, keeping the drop counter's values. Every change is one atomic
+// nftables transaction, so packets never see a half-written table.
+//
+// # Host firewall and empty lists
+//
+// A plan.Firewall without Complete (the zero value, or a plan made without
+// the local node) never empties a set that has elements: an empty list keeps
+// the last applied one (after a restart, what the kernel holds). A datastore
+// hiccup that momentarily lists no nodes therefore cannot cut real peers
+// off, while a pool change arriving at the same time still applies. Apply
+// leaves the firewall alone entirely when the plan's Firewall is the zero
+// value.
+//
+// # Host firewall healing
+//
+// Subscribe also listens to nftables events (a google/nftables Monitor) and,
+// when one touches the table (or is a set element event, which does not name
+// its table), reads the table back and signals only if it no longer matches
+// the last applied firewall; Twill's own writes therefore do not signal.
+// When the monitor cannot be opened or dies, Subscribe logs it, signals,
+// and retries with the same backoff as the netlink subscriptions; in the
+// meantime only the agent's periodic resync repairs the table.
+//
+// The types and the decision logic live in this file and firewall.go and
+// build everywhere; the netlink and nftables calls live in the _linux.go files.
 package dataplane
 
 import (
@@ -119,6 +196,11 @@ type Result struct {
 	Neighbors Counts
 	FDB       Counts
 	Routes    Counts
+	// Firewall counts nftables objects in the twill table: the table, sets,
+	// elements, chains, rules and the counter. A chain refilled counts its
+	// old rules deleted and new ones added, a rule replaced in place one
+	// update, a table rebuilt one deletion and everything created.
+	Firewall Counts
 	// Pending are wanted routes skipped because their device does not exist
 	// or is down; a link event for that device triggers a new look.
 	Pending []plan.Route
@@ -129,7 +211,7 @@ type Result struct {
 
 // Changes is the number of kernel objects the reconcile changed.
 func (r Result) Changes() int {
-	return r.Device.Total() + r.Addresses.Total() + r.Neighbors.Total() + r.FDB.Total() + r.Routes.Total()
+	return r.Device.Total() + r.Addresses.Total() + r.Neighbors.Total() + r.FDB.Total() + r.Routes.Total() + r.Firewall.Total()
 }
 
 func (r *Result) merge(o Result) {
@@ -138,6 +220,7 @@ func (r *Result) merge(o Result) {
 	r.Neighbors.add(o.Neighbors)
 	r.FDB.add(o.FDB)
 	r.Routes.add(o.Routes)
+	r.Firewall.add(o.Firewall)
 	r.Pending = append(r.Pending, o.Pending...)
 	r.Conflicts = append(r.Conflicts, o.Conflicts...)
 }

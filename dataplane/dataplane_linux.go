@@ -37,6 +37,9 @@ type Reconciler struct {
 	deviceName string
 	// nameFromPlan is set once a plan has named the device.
 	nameFromPlan bool
+	// fw is the last applied firewall, nil before the first; Subscribe's
+	// nftables watcher compares the kernel with it.
+	fw *fwWant
 
 	// wmu guards watch, which Subscribe's event filter reads.
 	wmu   sync.Mutex
@@ -123,8 +126,9 @@ func dump[T any](f func() (T, error)) (T, error) {
 	return v, err
 }
 
-// Apply makes the kernel match dp: device, device address, neighbours, FDB,
-// then routes, pruning what Twill owns and dp no longer wants. It keeps going
+// Apply makes the kernel match dp: the host firewall (unless dp.Firewall is
+// the zero value), device, device address, neighbours, FDB, then routes,
+// pruning what Twill owns and dp no longer wants. It keeps going
 // past failures and returns them joined.
 func (r *Reconciler) Apply(dp plan.Dataplane) (Result, error) {
 	r.mu.Lock()
@@ -134,6 +138,9 @@ func (r *Reconciler) Apply(dp plan.Dataplane) (Result, error) {
 	}
 	var res Result
 	var errs []error
+	if !firewallZero(dp.Firewall) {
+		errs = append(errs, r.applyFirewall(dp.Firewall, &res)...)
+	}
 	routes, rerrs := r.setWantRoutes(dp.Routes, true)
 	errs = append(errs, rerrs...)
 
@@ -263,7 +270,7 @@ func (r *Reconciler) done(what string, res Result, errs []error) (Result, error)
 		}
 		r.log.Log(context.Background(), lvl, "dataplane "+what,
 			"device", res.Device, "addresses", res.Addresses, "neighbors", res.Neighbors,
-			"fdb", res.FDB, "routes", res.Routes, "pending", len(res.Pending),
+			"fdb", res.FDB, "routes", res.Routes, "firewall", res.Firewall, "pending", len(res.Pending),
 			"conflicts", len(res.Conflicts), "errors", len(errs))
 	}
 	return res, err
@@ -678,6 +685,20 @@ func (r *Reconciler) applyFDB(devIdx int, reportMissing bool, fs []plan.FDB, res
 		}
 		return keys[i].Dst.Less(keys[j].Dst)
 	})
+	// Prune first: a unicast MAC holds one destination only, so appending
+	// a peer's new address is a silent no-op while the old one is there,
+	// and deleting the old one afterwards would drop the entry entirely.
+	for k, n := range byKey {
+		if wantF[k] || n.State&unix.NUD_PERMANENT == 0 {
+			continue
+		}
+		if err := r.h.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, opErr(KindFDB, k.MAC+"→"+k.Dst.String(), "delete", err))
+			continue
+		}
+		res.FDB.Deleted++
+		r.log.Debug("fdb deleted", "mac", k.MAC, "dst", k.Dst)
+	}
 	for _, k := range keys {
 		old, exists := byKey[k]
 		if exists && old.State&unix.NUD_PERMANENT != 0 {
@@ -700,17 +721,6 @@ func (r *Reconciler) applyFDB(devIdx int, reportMissing bool, fs []plan.FDB, res
 			res.FDB.Added++
 		}
 		r.log.Debug("fdb set", "mac", k.MAC, "dst", k.Dst)
-	}
-	for k, n := range byKey {
-		if wantF[k] || n.State&unix.NUD_PERMANENT == 0 {
-			continue
-		}
-		if err := r.h.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, opErr(KindFDB, k.MAC+"→"+k.Dst.String(), "delete", err))
-			continue
-		}
-		res.FDB.Deleted++
-		r.log.Debug("fdb deleted", "mac", k.MAC, "dst", k.Dst)
 	}
 	return errs
 }

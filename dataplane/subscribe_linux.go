@@ -29,14 +29,16 @@ const rcvBuf = 4 << 20
 // eventBuf is the depth of each subscription's update channel.
 const eventBuf = 1024
 
-// Subscribe listens to route, link, address and neighbour events in the
-// namespace and returns a channel that receives a coalesced "look again"
-// signal (it holds at most one) whenever an event moves the kernel away from
-// the last applied plan; see the package documentation for which events
-// count. One signal is sent right away, since anything may have happened
-// before subscribing. A subscription that dies is retried with bounded
-// backoff, with a signal each time. The channel is closed once ctx is done
-// and every subscription has stopped.
+// Subscribe listens to route, link, address and neighbour events, and to
+// nftables events for the firewall table, in the namespace and returns a
+// channel that receives a coalesced "look again" signal (it holds at most
+// one) whenever an event moves the kernel away from the last applied plan;
+// see the package documentation for which events count. One signal is sent
+// right away, since anything may have happened before subscribing. A
+// subscription that dies is retried with bounded backoff, with a signal
+// each time; the nftables one is optional and only logged when it cannot
+// start. The channel is closed once ctx is done and every subscription has
+// stopped.
 //
 // The caller is expected to call Apply (or the per-kind methods) on each
 // signal; events caused by those writes do not signal again.
@@ -62,6 +64,14 @@ func (r *Reconciler) Subscribe(ctx context.Context) (<-chan struct{}, error) {
 			return nil, fmt.Errorf("dataplane: subscribe to %s events (needs CAP_NET_ADMIN in the namespace): %w", w.name(), err)
 		}
 	}
+	// The firewall's monitor is optional: without it the agent's periodic
+	// resync still repairs the table.
+	fw := r.nftWatcher()
+	if err := fw.start(true); err != nil {
+		r.log.Warn("nftables monitor unavailable; only periodic resyncs repair the firewall until it is back", "err", err)
+		fw.warned = true
+	}
+	ws = append(ws, fw)
 	// Learn the links present now; later link events keep this current.
 	ls, err := dump(r.h.LinkList)
 	if err != nil {

@@ -637,6 +637,7 @@ func (p *planner) finish() Dataplane {
 	slices.SortFunc(dp.Firewall.VXLANPeers, netip.Addr.Compare)
 	dp.Firewall.VXLANPeers = slices.Compact(dp.Firewall.VXLANPeers)
 	dp.Firewall.VXLANPort = p.port
+	dp.Firewall.Complete = true
 
 	if p.vxlanMissed > 0 {
 		p.warnf("local node %s %s: %d route(s) that need VXLAN are missing; give the node a tunnel address", p.local.name, p.localNoTunnel, p.vxlanMissed)

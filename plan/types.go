@@ -123,6 +123,12 @@ type Firewall struct {
 	// VXLANPeers are the host addresses of other nodes, allowed to send VXLAN.
 	VXLANPeers []netip.Addr
 	VXLANPort  int
+	// Complete is set by Plan whenever it found the local node, so the lists
+	// above are the whole truth: an empty list then empties its nftables set.
+	// Without it (the zero Firewall, or a plan that found no local node) the
+	// dataplane never empties a set that has elements, so a datastore hiccup
+	// that momentarily lists no nodes cannot cut off real peers' VXLAN.
+	Complete bool
 }
 
 // Dataplane is the desired state of one node, sorted deterministically.
