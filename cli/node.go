@@ -28,6 +28,9 @@ func newNodeCmd(g *globals) *cobra.Command {
 		Use:   "node",
 		Short: "Run the node agent",
 		Args:  groupArgs,
+		// Runnable, so that cobra checks Args and an unknown subcommand
+		// exits 2 instead of printing help.
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.AddCommand(newNodeRunCmd(g))
 	return cmd
