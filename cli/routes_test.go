@@ -1,0 +1,428 @@
+package cli_test
+
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"twill.dev/twill/api"
+	"twill.dev/twill/dataplane"
+	"twill.dev/twill/datastore"
+	"twill.dev/twill/datastore/etcd"
+	"twill.dev/twill/datastore/etcdtest"
+	"twill.dev/twill/explain"
+	"twill.dev/twill/ipam"
+	"twill.dev/twill/lab"
+	"twill.dev/twill/plan"
+)
+
+// seedFile is the seed cluster as data.
+const seedFile = "../plan/testdata/seed-cluster.yaml"
+
+// seedData is the part of the seed file these tests use.
+type seedData struct {
+	Nodes []struct {
+		Name    string   `json:"name"`
+		Address string   `json:"address"`
+		Block   string   `json:"block"`
+		Pods    []string `json:"pods"`
+	} `json:"nodes"`
+	Observed struct {
+		VTEPs map[string]struct {
+			MAC string `json:"mac"`
+		} `json:"vteps"`
+		RouteN map[string]string `json:"route_n"`
+	} `json:"observed"`
+}
+
+func readSeed(t *testing.T) *seedData {
+	t.Helper()
+	b, err := os.ReadFile(seedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s seedData
+	if err := yaml.Unmarshal(b, &s); err != nil {
+		t.Fatalf("parse %s: %v", seedFile, err)
+	}
+	if len(s.Nodes) != 4 || len(s.Observed.RouteN) != 4 {
+		t.Fatalf("seed parsed to %d nodes and %d route tables, want 4 and 4", len(s.Nodes), len(s.Observed.RouteN))
+	}
+	return &s
+}
+
+// seedPodName names a seed node's i-th pod (from 0).
+func seedPodName(node string, i int) string { return fmt.Sprintf("%s-pod-%d", node, i) }
+
+// seedCaliName is the reference's host-side veth name of pod default/<pod>.
+func seedCaliName(node string, i int) string {
+	sum := sha1.Sum([]byte("default." + seedPodName(node, i)))
+	return "cali" + hex.EncodeToString(sum[:])[:11]
+}
+
+// writeSeed fills the datastore at ep the way agents and the CNI plugin
+// would for the seed cluster: the pool (through `twill apply`), the nodes
+// with host interface iface, MTU 1500, observed VTEP MAC and their block's
+// first address as tunnel address, each node's block pinned, the tunnel
+// and pod addresses allocated, and a workload endpoint per pod whose host
+// veth is named by vethName.
+func writeSeed(t *testing.T, ep string, s *seedData, iface string, vethName func(node string, i int) string) {
+	t.Helper()
+	mustSucceed(t, twill(t, ep, seedPool, "apply", "-f", "-"))
+	st := etcdtest.Connect(t, ep, etcd.Config{})
+	ctx := context.Background()
+	m := ipam.New(st)
+	for _, n := range s.Nodes {
+		block := netip.MustParsePrefix(n.Block)
+		node := api.Node{
+			TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
+			Metadata: api.ObjectMeta{Name: n.Name},
+			Spec: api.NodeSpec{Address: n.Address, Interface: iface, MTU: 1500,
+				VTEPMAC: s.Observed.VTEPs[n.Name].MAC, TunnelAddress: block.Addr().String()},
+		}
+		put(t, st, datastore.NodeKey(n.Name), node)
+		if err := m.PinBlock(ctx, block, n.Name); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Allocate(ctx, ipam.AllocateRequest{Handle: "vxlan-tunnel-addr-" + n.Name, Node: n.Name, Use: api.UseTunnel, IP: block.Addr()}); err != nil {
+			t.Fatal(err)
+		}
+		for i, ip := range n.Pods {
+			pod := seedPodName(n.Name, i)
+			handle := "c-" + pod + ".eth0"
+			attrs := map[string]string{api.AttrNamespace: "default", api.AttrPod: pod}
+			if _, err := m.Allocate(ctx, ipam.AllocateRequest{Handle: handle, Node: n.Name, IP: netip.MustParseAddr(ip), Attrs: attrs}); err != nil {
+				t.Fatal(err)
+			}
+			put(t, st, datastore.WorkloadKey(n.Name, handle), api.WorkloadEndpoint{
+				TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindWorkloadEndpoint},
+				Metadata: api.ObjectMeta{Name: pod},
+				Spec: api.WorkloadEndpointSpec{Node: n.Name, Namespace: "default", Pod: pod, ContainerID: "c-" + pod, IfName: "eth0",
+					Handle: handle, HostIface: vethName(n.Name, i), Addresses: []string{ip + "/32"}},
+			})
+		}
+	}
+}
+
+func put(t *testing.T, st datastore.Store, key string, v any) {
+	t.Helper()
+	b, err := datastore.Encode(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Txn(context.Background(), datastore.Put(key, b, datastore.AnyRevision)); err != nil {
+		t.Fatalf("put %s: %v", key, err)
+	}
+}
+
+var caliRE = regexp.MustCompile(`cali[0-9a-f]{11}`)
+
+// podNetworkLines returns the seed's `route -n` lines that are the pod
+// network's (172.16.0.0/16), with cali names normalised.
+func podNetworkLines(s *seedData, node string) []string {
+	var out []string
+	for _, l := range strings.Split(strings.TrimRight(s.Observed.RouteN[node], "\n"), "\n") {
+		if strings.HasPrefix(l, "172.16.") {
+			out = append(out, caliRE.ReplaceAllString(l, "caliXXXXXXXXXXX"))
+		}
+	}
+	return out
+}
+
+func TestRoutesMatchSeed(t *testing.T) {
+	s := readSeed(t)
+	ep := etcdtest.Start(t)
+	writeSeed(t, ep, s, "eth0", seedCaliName)
+
+	for _, n := range s.Nodes {
+		t.Run(n.Name, func(t *testing.T) {
+			r := mustSucceed(t, twill(t, ep, "", "routes", n.Name))
+			lines := strings.Split(strings.TrimRight(r.stdout, "\n"), "\n")
+			want := append([]string{
+				"Kernel IP routing table",
+				"Destination     Gateway         Genmask         Flags Metric Ref    Use Iface",
+			}, podNetworkLines(s, n.Name)...)
+			for i := range lines {
+				lines[i] = caliRE.ReplaceAllString(lines[i], "caliXXXXXXXXXXX")
+			}
+			if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+				t.Errorf("twill routes %s:\n%s\nwant (the seed's pod-network lines):\n%s", n.Name, strings.Join(lines, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+
+	r := mustSucceed(t, twill(t, ep, "", "routes", "k8s-master1", "-o", "ip"))
+	ipLines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(ipLines) != len(podNetworkLines(s, "k8s-master1")) ||
+		!strings.Contains(r.stdout, "172.16.36.64/26 via 172.16.36.64 dev vxlan.calico proto 80 onlink\n") ||
+		!strings.Contains(r.stdout, "blackhole 172.16.159.128/26 proto 80\n") ||
+		!strings.Contains(r.stdout, "172.16.159.145 dev "+seedCaliName("k8s-master1", 0)+" proto 80 scope link\n") {
+		t.Errorf("routes -o ip:\n%s", r.stdout)
+	}
+
+	r = mustSucceed(t, twill(t, ep, "", "routes", "k8s-master1", "-o", "yaml"))
+	var dp plan.Dataplane
+	if err := yaml.Unmarshal([]byte(r.stdout), &dp); err != nil {
+		t.Fatalf("routes -o yaml does not decode: %v\n%s", err, r.stdout)
+	}
+	if dp.Device == nil || dp.Device.MAC != s.Observed.VTEPs["k8s-master1"].MAC || dp.Device.MTU != 1450 || dp.Device.VNI != 4096 ||
+		len(dp.Routes) != len(ipLines) || len(dp.Neighbors) != 3 || len(dp.FDB) != 3 {
+		t.Errorf("routes -o yaml: %+v", dp)
+	}
+
+	mustFail(t, twill(t, ep, "", "routes", "k8s-nope"), `node "k8s-nope" is not registered`, "k8s-master1")
+	if r := twill(t, ep, "", "routes", "k8s-master1", "-o", "table"); r.code != 2 {
+		t.Errorf("bad -o: exit %d", r.code)
+	}
+	if r := twill(t, ep, "", "routes", "k8s-master1", "--netns", "/var/run/netns/x"); r.code != 2 {
+		t.Errorf("--netns without --live: exit %d", r.code)
+	}
+	if r := twill(t, ep, "", "routes"); r.code != 2 {
+		t.Errorf("no node: exit %d", r.code)
+	}
+
+	// A peer in another subnet without a VTEP: no route, and the planner
+	// says why after the routes.
+	st := etcdtest.Connect(t, ep, etcd.Config{})
+	put(t, st, datastore.NodeKey("k8s-node2"), api.Node{
+		TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
+		Metadata: api.ObjectMeta{Name: "k8s-node2"},
+		Spec:     api.NodeSpec{Address: "192.168.33.7/24", Interface: "eth0", TunnelAddress: "172.16.1.0"},
+	})
+	if err := ipam.New(st).PinBlock(context.Background(), netip.MustParsePrefix("172.16.1.0/26"), "k8s-node2"); err != nil {
+		t.Fatal(err)
+	}
+	r = mustSucceed(t, twill(t, ep, "", "routes", "k8s-master1"))
+	if strings.Contains(r.stdout, "172.16.1.0 ") || !strings.Contains(r.stdout, "\nStatus:\n  - no route to 172.16.1.0/26 on k8s-node2: no VTEP known for peer k8s-node2 (it has no vtepMAC)") {
+		t.Errorf("routes with a VTEP-less peer:\n%s", r.stdout)
+	}
+	r = mustSucceed(t, twill(t, ep, "", "explain", "k8s-master1-pod-0", "k8s-node2", "--live=false"))
+	if !strings.Contains(r.stdout, "no VTEP known for peer k8s-node2: it has no vtepMAC") {
+		t.Errorf("explain to a VTEP-less peer:\n%s", r.stdout)
+	}
+}
+
+func TestExplainCommand(t *testing.T) {
+	s := readSeed(t)
+	ep := etcdtest.Start(t)
+	writeSeed(t, ep, s, "eth0", seedCaliName)
+	noLab := t.TempDir() // no lab is up here: the nodes' kernels are unknown
+
+	r := mustSucceed(t, twill(t, ep, "", "explain", "k8s-master1-pod-0", "default/k8s-node1-pod-0", "-o", "json", "--lab-state-dir", noLab))
+	var p explain.Path
+	if err := json.Unmarshal([]byte(r.stdout), &p); err != nil {
+		t.Fatalf("explain -o json: %v\n%s", err, r.stdout)
+	}
+	if p.Forward == nil || p.Forward.Via != explain.ViaVXLAN || p.Forward.VXLAN == nil {
+		t.Fatalf("forward %+v", p.Forward)
+	}
+	v := p.Forward.VXLAN
+	if v.OuterSrc != "192.168.3.241" || v.OuterDst != "192.168.32.105" || v.Port != 4789 || v.VNI != 4096 ||
+		v.InnerSrcMAC != "66:04:84:48:ab:6a" || v.InnerDstMAC != "66:8c:73:5a:90:99" || v.OuterLength != 148 {
+		t.Errorf("vxlan %+v", v)
+	}
+	if p.Src.Address != "172.16.159.145" || p.Dst.HostIface != seedCaliName("k8s-node1", 0) || len(p.Live) != 0 || len(p.Problems) != 0 {
+		t.Errorf("src %+v dst %+v live %v problems %q", p.Src, p.Dst, p.Live, p.Problems)
+	}
+
+	r = mustSucceed(t, twill(t, ep, "", "explain", "172.16.159.145", "172.16.224.15", "--lab-state-dir", noLab))
+	for _, want := range []string{
+		"Forward: k8s-master1 → k8s-master2", "direct, unencapsulated",
+		"172.16.224.0/26 via 192.168.3.242 dev eth0 proto 80 onlink",
+		"172.16.224.0    192.168.3.242   255.255.255.192 UG    0      0        0 eth0",
+		"source/destination checks",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("explain text lacks %q:\n%s", want, r.stdout)
+		}
+	}
+
+	mustFail(t, twill(t, ep, "", "explain", "k8s-master1-pod-0", "nope", "--lab-state-dir", noLab), "destination", "unknown endpoint", "k8s-master1")
+	mustFail(t, twill(t, ep, "", "explain", "k8s-master1-pod-0", "k8s-node1", "--live", "--lab-state-dir", noLab), "--live", "--src-netns")
+	for _, args := range [][]string{
+		{"explain", "k8s-master1"},
+		{"explain", "a", "b", "c"},
+		{"explain", "k8s-master1", "k8s-node1", "-o", "yaml"},
+	} {
+		if r := twill(t, ep, "", args...); r.code != 2 {
+			t.Errorf("twill %v: exit %d, want 2 (stderr %q)", args, r.code, r.stderr)
+		}
+	}
+}
+
+// needNetns skips (or fails under CI=true) when the test cannot create
+// network namespaces.
+func needNetns(t *testing.T) {
+	t.Helper()
+	why := ""
+	if os.Geteuid() != 0 {
+		why = "needs root to create network namespaces"
+	} else if _, err := exec.LookPath("ip"); err != nil {
+		why = "needs iproute2's ip"
+	}
+	if why == "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+}
+
+// ipIn runs `ip -n ns args`.
+func ipIn(t *testing.T, ns string, args ...string) {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip -n %s %s: %v: %s", ns, strings.Join(args, " "), err, out)
+	}
+}
+
+// TestRoutesLive applies k8s-master1's plan to a namespace of its own,
+// deletes a route by hand and adds a foreign one with Twill's protocol,
+// and checks that `routes --live` and `explain --live` mark both.
+func TestRoutesLive(t *testing.T) {
+	needNetns(t)
+	s := readSeed(t)
+	ep := etcdtest.Start(t)
+	veth := func(node string, i int) string { return fmt.Sprintf("twcali%d", i) }
+	writeSeed(t, ep, s, "tweth0", veth)
+
+	// The namespace is laid out as a lab's node k8s-master1 (prefix
+	// "tw" + 6 hex digits), so that a lab state file can point at it.
+	prefix := fmt.Sprintf("tw%06x", rand.Uint32()&0xffffff)
+	ns := prefix + "-k8s-master1"
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", ns, err, out)
+		}
+	})
+	path := "/var/run/netns/" + ns
+	ipIn(t, ns, "link", "set", "lo", "up")
+	ipIn(t, ns, "link", "add", "tweth0", "type", "veth", "peer", "name", "tweth0p")
+	ipIn(t, ns, "addr", "add", "192.168.3.241/24", "dev", "tweth0")
+	ipIn(t, ns, "link", "set", "tweth0", "up")
+	ipIn(t, ns, "link", "set", "tweth0p", "up")
+	for i := range s.Nodes[0].Pods {
+		name := veth("k8s-master1", i)
+		ipIn(t, ns, "link", "add", name, "type", "veth", "peer", "name", name+"p")
+		ipIn(t, ns, "link", "set", name, "up")
+		ipIn(t, ns, "link", "set", name+"p", "up")
+	}
+
+	// The plan as `twill routes -o yaml` prints it, applied as the agent would.
+	r := mustSucceed(t, twill(t, ep, "", "routes", "k8s-master1", "-o", "yaml"))
+	var dp plan.Dataplane
+	if err := yaml.Unmarshal([]byte(r.stdout), &dp); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := dataplane.New(dataplane.Options{NetnsPath: path, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Close() })
+	res, err := rec.Apply(dp)
+	if err != nil || len(res.Pending) > 0 || len(res.Conflicts) > 0 {
+		t.Fatalf("apply: %v, pending %v, conflicts %v", err, res.Pending, res.Conflicts)
+	}
+
+	noLab := t.TempDir()
+	live := func(extra ...string) string {
+		t.Helper()
+		args := append([]string{"routes", "k8s-master1", "--live", "--netns", path, "--lab-state-dir", noLab}, extra...)
+		return mustSucceed(t, twill(t, ep, "", args...)).stdout
+	}
+	out := live()
+	if !strings.Contains(out, "\nlive: 0 missing, 0 extra, 0 different\n") {
+		t.Fatalf("routes --live right after apply:\n%s", out)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "- ") || strings.HasPrefix(l, "+ ") || strings.HasPrefix(l, "! ") {
+			t.Errorf("difference marked on a converged node: %q", l)
+		}
+	}
+	want := plan.RouteN([]plan.Route{{Dst: netip.MustParsePrefix("172.16.224.0/26"), Gateway: netip.MustParseAddr("192.168.3.242"), Device: "tweth0", OnLink: true}})[0]
+	if !strings.Contains(out, "\n  "+want+"\n") {
+		t.Errorf("route -n line %q not listed as the same:\n%s", want, out)
+	}
+
+	ipIn(t, ns, "route", "del", "172.16.224.0/26")
+	ipIn(t, ns, "route", "add", "172.16.99.0/26", "via", "192.168.3.9", "dev", "tweth0", "proto", "80", "onlink")
+	out = live()
+	if !strings.Contains(out, "\n- "+want+"  # missing\n") {
+		t.Errorf("deleted route not marked missing:\n%s", out)
+	}
+	if !regexp.MustCompile(`\n\+ 172\.16\.99\.0 +192\.168\.3\.9 +255\.255\.255\.192 UG .* tweth0  # extra\n`).MatchString(out) {
+		t.Errorf("foreign route not marked extra:\n%s", out)
+	}
+	if !strings.Contains(out, "\nlive: 1 missing, 1 extra, 0 different\n") {
+		t.Errorf("summary:\n%s", out)
+	}
+	out = live("-o", "ip")
+	if !strings.Contains(out, "\n- 172.16.224.0/26 via 192.168.3.242 dev tweth0 proto 80 onlink  # missing\n") {
+		t.Errorf("-o ip: deleted route not marked missing:\n%s", out)
+	}
+	out = live("-o", "yaml")
+	var rep struct {
+		Differences []string `json:"differences"`
+	}
+	if err := yaml.Unmarshal([]byte(out), &rep); err != nil || len(rep.Differences) != 2 {
+		t.Errorf("-o yaml differences %q (%v):\n%s", rep.Differences, err, out)
+	}
+
+	// A running lab's state file names the namespace of lab node k8s-master1.
+	labDir := t.TempDir()
+	topo, err := lab.BuiltinSource("seed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := json.Marshal(map[string]any{"version": 1, "topology": "seed", "topologyYAML": string(topo), "prefix": prefix, "phase": "up"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(labDir, "state.json"), state, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = mustSucceed(t, twill(t, ep, "", "routes", "k8s-master1", "--live", "--lab-state-dir", labDir))
+	if !strings.Contains(r.stdout, "compared with the kernel of "+path+" (lab node k8s-master1)") || !strings.Contains(r.stdout, "\n- "+want+"  # missing\n") {
+		t.Errorf("routes --live for a lab node:\n%s", r.stdout)
+	}
+	// explain reads a lab node's kernel without being asked.
+	r = mustSucceed(t, twill(t, ep, "", "explain", "k8s-master1-pod-0", "k8s-master2-pod-0", "--lab-state-dir", labDir))
+	if !strings.Contains(r.stdout, "live k8s-master1: route to 172.16.224.15: missing") ||
+		!strings.Contains(r.stdout, "lab node k8s-master2's namespace /var/run/netns/"+prefix+"-k8s-master2 is gone") {
+		t.Errorf("explain with a lab:\n%s", r.stdout)
+	}
+	r = mustSucceed(t, twill(t, ep, "", "explain", "k8s-master1-pod-0", "k8s-master2-pod-0", "--live=false", "--lab-state-dir", labDir))
+	if strings.Contains(r.stdout, "live ") || strings.Contains(r.stdout, "Live kernel state") {
+		t.Errorf("explain --live=false read a kernel:\n%s", r.stdout)
+	}
+
+	r = mustSucceed(t, twill(t, ep, "", "explain", "k8s-master1-pod-0", "k8s-master2-pod-0", "--live", "--src-netns", path, "--lab-state-dir", noLab))
+	if !strings.Contains(r.stdout, "live k8s-master1: route to 172.16.224.15: missing") ||
+		!strings.Contains(r.stdout, "the kernel of k8s-master2 was not read") {
+		t.Errorf("explain --live:\n%s", r.stdout)
+	}
+	r = mustSucceed(t, twill(t, ep, "", "explain", "k8s-master1-pod-0", "k8s-node1-pod-0", "--live", "--src-netns", path, "--lab-state-dir", noLab))
+	for _, want := range []string{"ok   k8s-master1: route to 172.16.36.80", "ok   k8s-master1: VXLAN device", "ok   k8s-master1: neighbour 172.16.36.64", "ok   k8s-master1: FDB 66:8c:73:5a:90:99"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("explain --live lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}
