@@ -17,6 +17,7 @@ import (
 
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/datastore/etcd"
+	"twill.dev/twill/lab"
 )
 
 // globals are the flags every command shares.
@@ -26,6 +27,9 @@ type globals struct {
 	cert      string
 	key       string
 	timeout   time.Duration
+	// endpointsGiven is set when --etcd-endpoints or its environment
+	// variable was given; otherwise a running lab's datastore is used.
+	endpointsGiven bool
 }
 
 // exitError carries a specific exit code out of a command.
@@ -107,6 +111,9 @@ talk directly; pods on nodes in different subnets talk over VXLAN (Calico's
 		Args:          groupArgs,
 		RunE:          groupRun,
 	}
+	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
+		g.endpointsGiven = cmd.Flags().Changed("etcd-endpoints") || os.Getenv(etcd.EnvEndpoints) != ""
+	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr(err) })
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.endpoints, "etcd-endpoints", strings.Join(env.Endpoints, ","), "etcd client URLs, comma-separated (env TWILL_ETCD_ENDPOINTS)")
@@ -125,10 +132,18 @@ talk directly; pods on nodes in different subnets talk over VXLAN (Calico's
 // commandAdders lets each file of this package register its commands.
 var commandAdders []func(root *cobra.Command, g *globals)
 
-// store connects to etcd with the global flags.
+// store connects to etcd with the global flags. When no endpoint was given
+// and a `twill lab` is running, it connects to the lab's datastore, so that
+// `twill lab up` followed by `twill explain A B` just works.
 func (g *globals) store(ctx context.Context) (datastore.Store, error) {
+	endpoints := g.endpoints
+	if !g.endpointsGiven {
+		if st, err := lab.LoadState(lab.DefaultStateDir); err == nil && st.Etcd != "" {
+			endpoints = st.Etcd
+		}
+	}
 	var eps []string
-	for _, e := range strings.Split(g.endpoints, ",") {
+	for _, e := range strings.Split(endpoints, ",") {
 		if e = strings.TrimSpace(e); e != "" {
 			eps = append(eps, e)
 		}
