@@ -1,0 +1,210 @@
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"twill.dev/twill/agentapi"
+)
+
+// Defaults of InstallOptions.
+const (
+	DefaultConfName    = "10-twill.conflist"
+	DefaultNetworkName = "twill"
+	DefaultCNIVersion  = "1.1.0"
+	// PluginBinaryName is the plugin's binary next to the twill binary.
+	PluginBinaryName = "twill-cni"
+)
+
+// ErrInstall is wrapped by Install's errors.
+var ErrInstall = errors.New("install the twill CNI plugin")
+
+// InstallOptions say where Install writes the plugin and its configuration.
+type InstallOptions struct {
+	// BinDir receives the plugin binary, named PluginType ("twill"), e.g.
+	// /opt/cni/bin. Required.
+	BinDir string
+	// ConfDir receives the network configuration list, e.g. /etc/cni/net.d.
+	// Required.
+	ConfDir string
+	// PluginBinary is the binary to install; default PluginBinaryName next
+	// to the running executable.
+	PluginBinary string
+	// ConfName is the conflist's file name; default DefaultConfName.
+	ConfName string
+	// NetworkName is the network's name; default DefaultNetworkName.
+	NetworkName string
+	// AgentSocket, MTU, LogLevel and LogFile go into the plugin's
+	// configuration (see NetConf); empty or zero values are left out.
+	AgentSocket string
+	MTU         int
+	LogLevel    string
+	LogFile     string
+}
+
+// Installed says what Install wrote.
+type Installed struct {
+	Binary   string
+	Conflist string
+}
+
+// Install writes the plugin binary (mode 0755) into BinDir and a conflist
+// (mode 0644) into ConfDir. Each file is written to a temporary file in its
+// directory and renamed into place, so that a runtime reading the directory
+// never sees a partial file. The plugin's configuration is checked with
+// ParseConfig before anything is written.
+func Install(opts InstallOptions) (Installed, error) {
+	bad := func(format string, a ...any) (Installed, error) {
+		return Installed{}, fmt.Errorf("%w: "+format, append([]any{ErrInstall}, a...)...)
+	}
+	if opts.BinDir == "" || opts.ConfDir == "" {
+		return bad("give both the CNI bin directory (--cni-bin-dir, e.g. /opt/cni/bin) and the CNI config directory (--cni-conf-dir, e.g. /etc/cni/net.d)")
+	}
+	if opts.ConfName == "" {
+		opts.ConfName = DefaultConfName
+	}
+	if strings.ContainsRune(opts.ConfName, filepath.Separator) || !strings.HasSuffix(opts.ConfName, ".conflist") {
+		return bad("--conf-name %q must be a file name ending in .conflist, e.g. %s", opts.ConfName, DefaultConfName)
+	}
+	if opts.NetworkName == "" {
+		opts.NetworkName = DefaultNetworkName
+	}
+	if opts.PluginBinary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return bad("find the running executable to locate %s next to it (use --plugin-binary): %v", PluginBinaryName, err)
+		}
+		if resolved, err := filepath.EvalSymlinks(exe); err == nil {
+			exe = resolved
+		}
+		opts.PluginBinary = filepath.Join(filepath.Dir(exe), PluginBinaryName)
+	}
+	conf, err := Conflist(opts)
+	if err != nil {
+		return bad("%v", err)
+	}
+	src, err := os.Open(opts.PluginBinary)
+	if err != nil {
+		return bad("open the plugin binary (build it with `go build -o %s ./cmd/twill-cni`, or give --plugin-binary): %v", opts.PluginBinary, err)
+	}
+	defer src.Close()
+	if fi, err := src.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return bad("the plugin binary %s is not a regular file", opts.PluginBinary)
+	}
+	for _, d := range []string{opts.BinDir, opts.ConfDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return bad("create %s: %v", d, err)
+		}
+	}
+	out := Installed{Binary: filepath.Join(opts.BinDir, PluginType), Conflist: filepath.Join(opts.ConfDir, opts.ConfName)}
+	// Installing a binary onto itself leaves nothing to copy.
+	if !same(opts.PluginBinary, out.Binary) {
+		if err := writeAtomic(out.Binary, 0o755, func(w io.Writer) error {
+			_, err := io.Copy(w, src)
+			return err
+		}); err != nil {
+			return bad("%v", err)
+		}
+	}
+	if err := writeAtomic(out.Conflist, 0o644, func(w io.Writer) error {
+		_, err := w.Write(conf)
+		return err
+	}); err != nil {
+		return bad("%v", err)
+	}
+	return out, nil
+}
+
+// same reports whether two paths name the same existing file.
+func same(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
+}
+
+// Conflist returns the network configuration list Install writes. It
+// checks the plugin's configuration with ParseConfig.
+func Conflist(opts InstallOptions) ([]byte, error) {
+	name := opts.NetworkName
+	if name == "" {
+		name = DefaultNetworkName
+	}
+	plugin := map[string]any{
+		"type":         PluginType,
+		"capabilities": map[string]bool{"ips": true},
+	}
+	if opts.AgentSocket != "" && opts.AgentSocket != agentapi.DefaultSocket {
+		plugin["agentSocket"] = opts.AgentSocket
+	}
+	if opts.MTU != 0 {
+		plugin["mtu"] = opts.MTU
+	}
+	if opts.LogLevel != "" {
+		plugin["logLevel"] = opts.LogLevel
+	}
+	if opts.LogFile != "" {
+		plugin["logFile"] = opts.LogFile
+	}
+	// Check the plugin's part as the plugin will read it.
+	check := map[string]any{"cniVersion": DefaultCNIVersion, "name": name}
+	for k, v := range plugin {
+		check[k] = v
+	}
+	b, err := json.Marshal(check)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := ParseConfig(b); err != nil {
+		return nil, err
+	}
+	list := map[string]any{
+		"cniVersion": DefaultCNIVersion,
+		"name":       name,
+		"plugins":    []any{plugin},
+	}
+	out, err := json.MarshalIndent(list, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(out, '\n'), nil
+}
+
+// writeAtomic writes path through a temporary file in its directory,
+// synced and renamed into place.
+func writeAtomic(path string, mode os.FileMode, fill func(io.Writer) error) (err error) {
+	dir, base := filepath.Split(path)
+	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create a temporary file next to %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := fill(tmp); err != nil {
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", tmp.Name(), path, err)
+	}
+	return nil
+}
