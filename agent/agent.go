@@ -78,6 +78,13 @@ type Agent struct {
 	// wake has room for one pending signal: markDirty never blocks.
 	wake chan struct{}
 
+	// planMu is held by reconcile from the moment it snapshots the cache
+	// until its Apply returns, and by the endpoint handler while it adds a
+	// pod to the cache. So once PUT /v1/endpoints returns, no Apply that
+	// planned without that pod can still run and prune the pod's route,
+	// which the CNI plugin adds right after. Lock order: planMu, then mu.
+	planMu sync.Mutex
+
 	// mu guards everything below.
 	mu         sync.Mutex
 	cache      *cache
@@ -403,6 +410,8 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 // when r forces it.
 func (a *Agent) reconcile(ctx context.Context, r reason) error {
 	start := a.clock.Now()
+	a.planMu.Lock()
+	defer a.planMu.Unlock()
 	a.mu.Lock()
 	in := planInput(a.cache, a.cfg.VXLAN)
 	local, hasLocal := a.cache.localNode()

@@ -457,9 +457,11 @@ func (a *Agent) putEndpoint(ctx context.Context, r *http.Request) (any, error) {
 		return nil, fmt.Errorf("record endpoint %s: %w", handle, err)
 	}
 	a.touch(handle)
+	a.planMu.Lock() // see Agent.planMu: no stale Apply may follow this
 	a.mu.Lock()
 	a.cache.apply(datastore.Event{Type: datastore.EventPut, KV: datastore.KV{Key: key, Value: b, Revision: rev}}, rev)
 	a.mu.Unlock()
+	a.planMu.Unlock()
 	a.markDirty(reasonLocal)
 	a.log.Info("recorded pod endpoint", "handle", handle, "iface", ep.HostIface, "addresses", w.Spec.Addresses)
 	return endpointFrom(w), nil
