@@ -1,19 +1,28 @@
 package lab
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"sigs.k8s.io/yaml"
 
 	"twill.dev/twill/cni"
+	"twill.dev/twill/explain"
 	"twill.dev/twill/plan"
 )
 
@@ -115,6 +124,7 @@ func TestEndToEndSeed(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := rootState(t)
+	linksBefore := rootLinks(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if err := Up(ctx, topo, opts); err != nil {
@@ -216,6 +226,9 @@ func TestEndToEndSeed(t *testing.T) {
 		}
 	}
 
+	// `twill explain` tells the captures' story, pair by pair.
+	checkExplainAgrees(ctx, t, twill, opts, r)
+
 	// A route deleted by hand comes back (the seed's closing remark).
 	code, err := Exec(ctx, opts, "k8s-master1", []string{"ip", "route", "del", "172.16.36.64/26"}, nil, &strings.Builder{}, &strings.Builder{})
 	if err != nil || code != 0 {
@@ -244,20 +257,13 @@ func TestEndToEndSeed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Down(ctx, opts); err != nil {
-		t.Fatalf("Down: %v", err)
-	}
-	if left := ourNetns(t, opts.Prefix); len(left) > 0 {
-		t.Errorf("namespaces left after Down: %v", left)
-	}
 	if len(recorded.Processes) != 5 {
 		t.Errorf("%d processes recorded, want etcd and 4 agents", len(recorded.Processes))
 	}
-	for _, p := range recorded.Processes {
-		if p.alive() {
-			t.Errorf("%s (pid %d) still runs after Down", p.Name, p.PID)
-		}
+	if err := Down(ctx, opts); err != nil {
+		t.Fatalf("Down: %v", err)
 	}
+	checkDownClean(t, opts, recorded, linksBefore)
 }
 
 // TestEndToEndThreeSubnets runs the three-subnet topology: pods given as
@@ -277,6 +283,7 @@ func TestEndToEndThreeSubnets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	linksBefore := rootLinks(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if err := Up(ctx, topo, opts); err != nil {
@@ -315,5 +322,346 @@ func TestEndToEndThreeSubnets(t *testing.T) {
 		if h.Err != "" || !h.NATOutgoing {
 			t.Errorf("%s -> %s: %s (natOutgoing %t)", h.Pod, h.Host, h.Err, h.NATOutgoing)
 		}
+	}
+
+	checkExplainAgrees(ctx, t, twill, opts, r)
+
+	recorded, err := LoadState(opts.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recorded.Processes) != 6 {
+		t.Errorf("%d processes recorded, want etcd and 5 agents", len(recorded.Processes))
+	}
+	if err := Down(ctx, opts); err != nil {
+		t.Fatalf("Down: %v", err)
+	}
+	checkDownClean(t, opts, recorded, linksBefore)
+}
+
+// capturedFrame is one line of a path capture (tcpdump -nne form), parsed
+// back into the fields explain predicts.
+type capturedFrame struct {
+	srcMAC, dstMAC string
+	length         int
+	// src and dst are the IP addresses; port and vni are set for VXLAN.
+	src, dst  string
+	port, vni int
+	vxlan     bool
+}
+
+var (
+	frameLine = regexp.MustCompile(`^([0-9a-f:]{17}) > ([0-9a-f:]{17}), ethertype IPv4 \(0x0800\), length (\d+): (.*)$`)
+	vxlanBody = regexp.MustCompile(`^(\d+\.\d+\.\d+\.\d+)\.\d+ > (\d+\.\d+\.\d+\.\d+)\.(\d+): VXLAN, flags \[I\] \(0x08\), vni (\d+)$`)
+	echoBody  = regexp.MustCompile(`^(\d+\.\d+\.\d+\.\d+) > (\d+\.\d+\.\d+\.\d+): ICMP echo request, id \d+, seq \d+, length \d+$`)
+)
+
+func parseCaptured(line string) (capturedFrame, error) {
+	m := frameLine.FindStringSubmatch(line)
+	if m == nil {
+		return capturedFrame{}, fmt.Errorf("not an IPv4 frame line: %q", line)
+	}
+	f := capturedFrame{srcMAC: m[1], dstMAC: m[2]}
+	f.length, _ = strconv.Atoi(m[3])
+	if v := vxlanBody.FindStringSubmatch(m[4]); v != nil {
+		f.vxlan, f.src, f.dst = true, v[1], v[2]
+		f.port, _ = strconv.Atoi(v[3])
+		f.vni, _ = strconv.Atoi(v[4])
+		return f, nil
+	}
+	if e := echoBody.FindStringSubmatch(m[4]); e != nil {
+		f.src, f.dst = e[1], e[2]
+		return f, nil
+	}
+	return capturedFrame{}, fmt.Errorf("neither VXLAN nor an echo request: %q", line)
+}
+
+// eth0MAC reads the MAC of eth0 in a lab member's namespace.
+func eth0MAC(t *testing.T, m Member) string {
+	t.Helper()
+	var mac string
+	err := inNetns(NetnsPath(m.Netns), func() error {
+		ifc, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		mac = ifc.HardwareAddr.String()
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("eth0 of %s: %v", m.Name, err)
+	}
+	return mac
+}
+
+// runExplain runs the real `twill explain SRC DST -o json --live` against
+// the lab's datastore and kernels.
+func runExplain(ctx context.Context, t *testing.T, twill string, opts Options, st *State, l *Layout, src, dst string) (explain.Path, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, twill, "explain", src, dst, "-o", "json", "--live",
+		"--etcd-endpoints", st.Etcd,
+		"--lab-state-dir", opts.StateDir,
+		"--vxlan-device", l.VXLAN.Device,
+		"--vxlan-vni", strconv.Itoa(l.VXLAN.VNI),
+		"--vxlan-port", strconv.Itoa(l.VXLAN.Port),
+		"--vxlan-mtu", strconv.Itoa(l.VXLAN.MTU))
+	cmd.Env = childEnv()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return explain.Path{}, fmt.Errorf("twill explain %s %s: %w\n%s", src, dst, err, stderr.String())
+	}
+	var p explain.Path
+	if err := json.Unmarshal(stdout.Bytes(), &p); err != nil {
+		return explain.Path{}, fmt.Errorf("twill explain %s %s -o json: %w\n%s", src, dst, err, stdout.String())
+	}
+	return p, nil
+}
+
+// checkExplainAgrees runs `twill explain` for every node pair the report
+// captured and checks that it tells the capture's story: the same path
+// kind and, frame by frame, the addresses, MACs, VNI, port and lengths on
+// the wire; and that it finds nothing wrong, the kernels included.
+func checkExplainAgrees(ctx context.Context, t *testing.T, twill string, opts Options, r *LabReport) {
+	t.Helper()
+	st, err := LoadState(opts.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := st.Layout()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Etcd == "" {
+		t.Fatal("the lab state records no etcd endpoint")
+	}
+	vtepMAC := map[string]string{}
+	for _, v := range r.VTEPs {
+		vtepMAC[v.Node] = v.MAC
+	}
+	macs := map[string]string{}
+	member := func(name string) Member {
+		m, ok := l.Member(name)
+		if !ok {
+			t.Fatalf("node %s is not in the lab's layout", name)
+		}
+		if macs[name] == "" {
+			macs[name] = eth0MAC(t, m)
+		}
+		return m
+	}
+	checked := 0
+	for _, pc := range r.Paths {
+		if !pc.OK() {
+			continue // already reported; there is no capture to compare with
+		}
+		pair := pc.From + " -> " + pc.To
+		p, err := runExplain(ctx, t, twill, opts, st, l, pc.SrcPod, pc.DstPod)
+		if err != nil {
+			t.Errorf("%s: %v", pair, err)
+			continue
+		}
+		checked++
+		from, to := member(pc.From), member(pc.To)
+		if p.Src.Pod != pc.SrcPod || p.Src.Node != pc.From || p.Src.Address != pc.Src.String() ||
+			p.Dst.Pod != pc.DstPod || p.Dst.Node != pc.To || p.Dst.Address != pc.Dst.String() {
+			t.Errorf("%s: explain resolved %+v -> %+v; the capture pinged %s (%s on %s) -> %s (%s on %s)",
+				pair, p.Src, p.Dst, pc.SrcPod, pc.Src, pc.From, pc.DstPod, pc.Dst, pc.To)
+		}
+		if len(p.Problems) > 0 {
+			t.Errorf("%s: explain reports problems: %q", pair, p.Problems)
+		}
+		liveNodes := map[string]bool{}
+		for _, f := range p.Live {
+			liveNodes[f.Node] = true
+			if !f.OK {
+				t.Errorf("%s: live check on %s: %s: %s", pair, f.Node, f.What, f.Detail)
+			}
+		}
+		if !liveNodes[pc.From] || !liveNodes[pc.To] {
+			t.Errorf("%s: explain --live checked the kernels of %v, want both %s and %s", pair, liveNodes, pc.From, pc.To)
+		}
+		d := p.Forward
+		if d == nil || d.From != pc.From || d.To != pc.To || d.Via != d.Expected {
+			t.Errorf("%s: explain's forward direction %+v", pair, d)
+			continue
+		}
+		var frames []capturedFrame
+		for _, line := range pc.Lines {
+			f, err := parseCaptured(line)
+			if err != nil {
+				t.Errorf("%s: capture: %v", pair, err)
+				continue
+			}
+			frames = append(frames, f)
+		}
+		if len(frames) != len(pc.Lines) || len(frames) == 0 {
+			continue
+		}
+		outer := frames[0]
+		if outer.srcMAC != macs[pc.From] {
+			t.Errorf("%s: captured frame from %s, not %s's eth0 (%s)", pair, outer.srcMAC, pc.From, macs[pc.From])
+		}
+		switch pc.Observed {
+		case PathDirect:
+			x := d.Direct
+			if d.Via != explain.ViaDirect || x == nil || d.VXLAN != nil {
+				t.Errorf("%s: captured direct, explain says %s (direct %+v, vxlan %+v)", pair, d.Via, x, d.VXLAN)
+				continue
+			}
+			if len(frames) != 1 || outer.vxlan {
+				t.Errorf("%s: direct capture %q", pair, pc.Lines)
+				continue
+			}
+			// The frame goes straight to the peer's eth0, unencapsulated,
+			// with the pod addresses and the length explain predicts.
+			if x.Interface != "eth0" || x.NextHop != to.Address.Addr().String() || outer.dstMAC != macs[pc.To] {
+				t.Errorf("%s: explain: next hop %s dev %s; capture: to MAC %s; %s's eth0 is %s with MAC %s",
+					pair, x.NextHop, x.Interface, outer.dstMAC, pc.To, to.Address.Addr(), macs[pc.To])
+			}
+			if x.SourceAddress != outer.src || d.ToAddress != outer.dst {
+				t.Errorf("%s: explain: %s > %s; capture: %s > %s", pair, x.SourceAddress, d.ToAddress, outer.src, outer.dst)
+			}
+			if x.Length != outer.length || outer.length != 98 {
+				t.Errorf("%s: explain: length %d; capture: length %d; want 98", pair, x.Length, outer.length)
+			}
+		case PathVXLAN:
+			x := d.VXLAN
+			if d.Via != explain.ViaVXLAN || x == nil || d.Direct != nil {
+				t.Errorf("%s: captured VXLAN, explain says %s (direct %+v, vxlan %+v)", pair, d.Via, d.Direct, x)
+				continue
+			}
+			if len(frames) != 2 || !outer.vxlan || frames[1].vxlan {
+				t.Errorf("%s: VXLAN capture %q", pair, pc.Lines)
+				continue
+			}
+			inner := frames[1]
+			if x.VNI != outer.vni || x.Port != outer.port || x.OuterInterface != "eth0" {
+				t.Errorf("%s: explain: vni %d port %d via %s; capture on eth0: vni %d port %d", pair, x.VNI, x.Port, x.OuterInterface, outer.vni, outer.port)
+			}
+			if x.OuterSrc != outer.src || x.OuterDst != outer.dst ||
+				outer.src != from.Address.Addr().String() || outer.dst != to.Address.Addr().String() {
+				t.Errorf("%s: explain: outer %s > %s; capture: %s > %s; node addresses %s > %s",
+					pair, x.OuterSrc, x.OuterDst, outer.src, outer.dst, from.Address.Addr(), to.Address.Addr())
+			}
+			if x.InnerSrcMAC != inner.srcMAC || x.InnerDstMAC != inner.dstMAC ||
+				inner.srcMAC != vtepMAC[pc.From] || inner.dstMAC != vtepMAC[pc.To] {
+				t.Errorf("%s: explain: inner %s > %s; capture: %s > %s; VTEPs %s > %s",
+					pair, x.InnerSrcMAC, x.InnerDstMAC, inner.srcMAC, inner.dstMAC, vtepMAC[pc.From], vtepMAC[pc.To])
+			}
+			if d.FromAddress != inner.src || d.ToAddress != inner.dst {
+				t.Errorf("%s: explain: %s > %s; inner frame: %s > %s", pair, d.FromAddress, d.ToAddress, inner.src, inner.dst)
+			}
+			if x.InnerLength != inner.length || x.OuterLength != outer.length || inner.length != 98 || outer.length != 148 {
+				t.Errorf("%s: explain: lengths %d/%d; capture: %d/%d; want 98/148", pair, x.InnerLength, x.OuterLength, inner.length, outer.length)
+			}
+		default:
+			t.Errorf("%s: captured path %s", pair, pc.Observed)
+		}
+	}
+	if checked != len(r.Paths) {
+		t.Errorf("explain checked %d of %d captured pairs", checked, len(r.Paths))
+	}
+}
+
+// rootLinks lists the root namespace's links as "index name".
+func rootLinks(t *testing.T) []string {
+	t.Helper()
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatalf("list the root namespace's links: %v", err)
+	}
+	out := make([]string, 0, len(links))
+	for _, l := range links {
+		out = append(out, fmt.Sprintf("%d %s", l.Attrs().Index, l.Attrs().Name))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// checkDownClean checks that Down left nothing of the lab recorded in
+// recorded: no namespace with the lab's prefix, no process, no interface
+// in the root namespace that was not there before Up, no socket and no
+// state file in the state directory.
+func checkDownClean(t *testing.T, opts Options, recorded *State, linksBefore []string) {
+	t.Helper()
+	if _, err := LoadState(opts.StateDir); !errors.Is(err, ErrNotUp) {
+		t.Errorf("after Down, the state file is still there (LoadState: %v)", err)
+	}
+	// Namespaces: none in /var/run/netns, none in `ip netns list`.
+	if len(recorded.Namespaces) == 0 {
+		t.Error("the lab recorded no namespaces")
+	}
+	entries, err := os.ReadDir(NetnsDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("read %s: %v", NetnsDir, err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), opts.Prefix+"-") {
+			t.Errorf("namespace %s left in %s after Down", e.Name(), NetnsDir)
+		}
+	}
+	for _, ns := range recorded.Namespaces {
+		if _, err := os.Lstat(NetnsPath(ns)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("recorded namespace %s: %s still there (%v)", ns, NetnsPath(ns), err)
+		}
+	}
+	if _, err := exec.LookPath("ip"); err == nil {
+		if left := ourNetns(t, opts.Prefix); len(left) > 0 {
+			t.Errorf("`ip netns list` shows namespaces left after Down: %v", left)
+		}
+	}
+	// Processes: every recorded PID gone from /proc (zombies included),
+	// or reused by a process with another start time. The test process
+	// reaps its children asynchronously, so give that a moment.
+	for _, p := range recorded.Processes {
+		var state byte
+		var start uint64
+		var err error
+		for range 40 {
+			state, start, err = procStat(p.PID)
+			if err != nil || start != p.StartTime {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		switch {
+		case err != nil && !errors.Is(err, fs.ErrNotExist):
+			t.Errorf("%s (pid %d): %v", p.Name, p.PID, err)
+		case err == nil && start == p.StartTime:
+			t.Errorf("%s (pid %d) is still in /proc after Down, state %c", p.Name, p.PID, state)
+		}
+	}
+	// Interfaces: the root namespace's list is what it was before Up.
+	if gone, added := diff(linksBefore, rootLinks(t)); len(gone)+len(added) > 0 {
+		t.Errorf("the root namespace's links changed across the lab: gone %v, added %v", gone, added)
+	}
+	// Sockets: none left in the state directory.
+	sockets := 0
+	for _, p := range recorded.Processes {
+		if p.Socket == "" {
+			continue
+		}
+		sockets++
+		if _, err := os.Lstat(p.Socket); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s's socket %s is still there (%v)", p.Name, p.Socket, err)
+		}
+	}
+	if sockets == 0 {
+		t.Error("the lab recorded no agent sockets")
+	}
+	err = filepath.WalkDir(opts.StateDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type()&fs.ModeSocket != 0 {
+			t.Errorf("socket %s left in the state directory after Down", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("walk the state directory %s: %v", opts.StateDir, err)
 	}
 }
