@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -205,7 +206,10 @@ With --live it also reads the node's kernel (a lab node's namespace, the
 namespace given with --netns, else the current one) and marks every
 difference: "-" for a line only in the plan (missing from the kernel), "+" for
 one only in the kernel (extra), "!" for a destination both have but
-differently. The VXLAN device, neighbour and FDB entries are compared too.
+differently. The VXLAN device, neighbour and FDB entries are compared too,
+and so is the host firewall: the nftables table inet twill, its chains,
+sets and counter, each set's elements (pools merged as the dataplane writes
+them), and the vxlan-dropped counter's packets and bytes.
 Reading another namespace needs root.`,
 		Args: usage(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -247,7 +251,11 @@ Reading another namespace needs root.`,
 			if err != nil {
 				return err
 			}
-			return printLiveRoutes(w, output, node, src, dp, k)
+			fw := readLiveFirewall(src.Path)
+			if fw.Err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: the host firewall is not compared: %v\n", fw.Err)
+			}
+			return printLiveRoutes(w, output, node, src, dp, k, fw)
 		},
 	}
 	f := cmd.Flags()
@@ -402,13 +410,100 @@ func vxlanSections(dp plan.Dataplane, k *explain.Kernel, tally liveTally) []live
 	}
 }
 
-// liveSections lists every comparison of --live, in output order. The
-// host firewall's comparison (dp.Firewall against the node's nftables
-// table) belongs here as one more section once the firewall reconciler can
-// read it back.
-func liveSections(output string, dp plan.Dataplane, k *explain.Kernel, tally liveTally) []liveSection {
+// liveFirewall is the node's host firewall as read for --live: the table
+// inet twill, or why it could not be read.
+type liveFirewall struct {
+	Observed *dataplane.ObservedFirewall
+	Err      error
+}
+
+// readLiveFirewall reads the table inet twill of the namespace at path
+// ("" = current). A failure is returned inside, not as an error: the
+// routes are still worth showing.
+func readLiveFirewall(path string) liveFirewall {
+	r, err := dataplane.New(dataplane.Options{NetnsPath: path, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return liveFirewall{Err: err}
+	}
+	defer r.Close()
+	o, err := r.ObserveFirewall()
+	if err != nil {
+		return liveFirewall{Err: fmt.Errorf("read the nftables table inet %s%s (needs CAP_NET_ADMIN and a kernel with nf_tables): %w",
+			dataplane.FirewallTable, inNetns(path), err)}
+	}
+	return liveFirewall{Observed: &o}
+}
+
+// firewallSections compares the node's nftables table inet twill with the
+// plan's firewall: the table, its chains, sets and counter, then each
+// set's elements, followed by the vxlan-dropped counter's values. Pools are
+// compared as the dataplane writes them (merged, as the fewest CIDRs).
+func firewallSections(dp plan.Dataplane, fw liveFirewall, tally liveTally) []liveSection {
+	head := "Firewall (nft table inet " + dataplane.FirewallTable + "):"
+	if fw.Err != nil {
+		return []liveSection{{title: head, lines: []string{"  (not read: " + fw.Err.Error() + ")"}}}
+	}
+	want := dataplane.PlannedFirewall(dp.Firewall)
+	got := fw.Observed
+	objects := func(o *dataplane.ObservedFirewall) []string {
+		if !o.Table {
+			return nil
+		}
+		var out []string
+		for _, c := range o.Chains {
+			out = append(out, "chain "+c)
+		}
+		for _, s := range o.Sets {
+			out = append(out, "set "+s)
+		}
+		// The counter cannot be observed apart from the table: it is
+		// listed whenever the table is there.
+		return append(out, "counter "+dataplane.CounterVXLANDropped)
+	}
+	tableLine := func(o *dataplane.ObservedFirewall) []string {
+		if !o.Table {
+			return nil
+		}
+		return []string{"table inet " + dataplane.FirewallTable}
+	}
+	table := linesSection(head, tableLine(&want), tableLine(got), tally)
+	table.lines = append(table.lines, linesSection("", objects(&want), objects(got), tally).lines...)
+	for _, d := range got.Drift {
+		tally[explain.Different]++
+		table.lines = append(table.lines, diffMark[explain.Different]+d+"  # different")
+	}
+	if got.Table {
+		table.lines = append(table.lines, fmt.Sprintf("  counter %s: %d packets, %d bytes (VXLAN from addresses that are not nodes, dropped)",
+			dataplane.CounterVXLANDropped, got.Dropped.Packets, got.Dropped.Bytes))
+	}
+	strs := func(v []netip.Prefix) []string {
+		out := make([]string, len(v))
+		for i, p := range v {
+			out[i] = p.String()
+		}
+		return out
+	}
+	addrs := func(v []netip.Addr) []string {
+		out := make([]string, len(v))
+		for i, a := range v {
+			out[i] = a.String()
+		}
+		return out
+	}
+	set := func(name string) string { return "Firewall set " + name + ":" }
+	return []liveSection{
+		table,
+		linesSection(set(dataplane.SetNATPools), strs(want.NATPools), strs(got.NATPools), tally),
+		linesSection(set(dataplane.SetAllPools), strs(want.AllPools), strs(got.AllPools), tally),
+		linesSection(set(dataplane.SetVXLANPeers), addrs(want.VXLANPeers), addrs(got.VXLANPeers), tally),
+	}
+}
+
+// liveSections lists every comparison of --live, in output order.
+func liveSections(output string, dp plan.Dataplane, k *explain.Kernel, fw liveFirewall, tally liveTally) []liveSection {
 	secs := []liveSection{routesSection(output, dp, k, tally)}
 	secs = append(secs, vxlanSections(dp, k, tally)...)
+	secs = append(secs, firewallSections(dp, fw, tally)...)
 	return secs
 }
 
@@ -419,19 +514,26 @@ type liveReport struct {
 	Plan  plan.Dataplane `json:"plan"`
 	// Kernel is what the kernel holds for Twill.
 	Kernel explain.Kernel `json:"kernel"`
+	// Firewall is the table inet twill as read; FirewallError says why it
+	// could not be.
+	Firewall      *dataplane.ObservedFirewall `json:"firewall,omitempty"`
+	FirewallError string                      `json:"firewallError,omitempty"`
 	// Differences lists every marked line of the text output.
 	Differences []string `json:"differences"`
 }
 
-func printLiveRoutes(w io.Writer, output, node string, src netnsSource, dp plan.Dataplane, k *explain.Kernel) error {
+func printLiveRoutes(w io.Writer, output, node string, src netnsSource, dp plan.Dataplane, k *explain.Kernel, fw liveFirewall) error {
 	where := "the current network namespace"
 	if src.Path != "" {
 		where = src.Path
 	}
 	tally := liveTally{}
-	secs := liveSections(output, dp, k, tally)
+	secs := liveSections(output, dp, k, fw, tally)
 	if output == "yaml" {
-		rep := liveReport{Node: node, Netns: where, Plan: dp, Kernel: *k, Differences: []string{}}
+		rep := liveReport{Node: node, Netns: where, Plan: dp, Kernel: *k, Firewall: fw.Observed, Differences: []string{}}
+		if fw.Err != nil {
+			rep.FirewallError = fw.Err.Error()
+		}
 		for _, s := range secs {
 			for _, l := range s.lines {
 				if !strings.HasPrefix(l, diffMark[explain.Same]) {

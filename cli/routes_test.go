@@ -13,9 +13,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
 	"sigs.k8s.io/yaml"
 
 	"twill.dev/twill/api"
@@ -291,9 +293,25 @@ func ipIn(t *testing.T, ns string, args ...string) {
 	}
 }
 
+// nftIn opens an nftables connection into the namespace at path.
+func nftIn(t *testing.T, path string) *nftables.Conn {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	if err != nil {
+		t.Fatalf("nftables in %s: %v", path, err)
+	}
+	return c
+}
+
 // TestRoutesLive applies k8s-master1's plan to a namespace of its own,
-// deletes a route by hand and adds a foreign one with Twill's protocol,
-// and checks that `routes --live` and `explain --live` mark both.
+// deletes a route and a VXLAN peer by hand and adds a foreign route with
+// Twill's protocol, and checks that `routes --live` and `explain --live`
+// mark them, then that a deleted firewall table shows as missing.
 func TestRoutesLive(t *testing.T) {
 	needNetns(t)
 	s := readSeed(t)
@@ -361,9 +379,46 @@ func TestRoutesLive(t *testing.T) {
 	if !strings.Contains(out, "\n  "+want+"\n") {
 		t.Errorf("route -n line %q not listed as the same:\n%s", want, out)
 	}
+	// The host firewall, as Apply wrote it: the table with its chains,
+	// sets and counter, and every planned element, all the same.
+	fwWant := strings.Join([]string{
+		"Firewall (nft table inet twill):",
+		"  table inet twill",
+		"  chain input",
+		"  chain postrouting",
+		"  counter vxlan-dropped",
+		"  set all-pools",
+		"  set nat-pools",
+		"  set vxlan-peers",
+		"  counter vxlan-dropped: 0 packets, 0 bytes (VXLAN from addresses that are not nodes, dropped)",
+		"",
+		"Firewall set nat-pools:",
+		"  172.16.0.0/16",
+		"",
+		"Firewall set all-pools:",
+		"  172.16.0.0/16",
+		"",
+		"Firewall set vxlan-peers:",
+		"  192.168.3.242",
+		"  192.168.3.243",
+		"  192.168.32.105",
+	}, "\n")
+	if !strings.Contains(out, "\n"+fwWant+"\n") {
+		t.Errorf("routes --live lacks the firewall section\n%s\nin:\n%s", fwWant, out)
+	}
 
 	ipIn(t, ns, "route", "del", "172.16.224.0/26")
 	ipIn(t, ns, "route", "add", "172.16.99.0/26", "via", "192.168.3.9", "dev", "tweth0", "proto", "80", "onlink")
+	// One peer's address taken out of the VXLAN allow-list by hand (rec
+	// does not subscribe: nothing heals it).
+	nft := nftIn(t, path)
+	peers := &nftables.Set{Table: &nftables.Table{Family: nftables.TableFamilyINet, Name: dataplane.FirewallTable}, Name: dataplane.SetVXLANPeers, KeyType: nftables.TypeIPAddr}
+	if err := nft.SetDeleteElements(peers, []nftables.SetElement{{Key: []byte{192, 168, 3, 243}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nft.Flush(); err != nil {
+		t.Fatalf("delete 192.168.3.243 from set vxlan-peers: %v", err)
+	}
 	out = live()
 	if !strings.Contains(out, "\n- "+want+"  # missing\n") {
 		t.Errorf("deleted route not marked missing:\n%s", out)
@@ -371,7 +426,10 @@ func TestRoutesLive(t *testing.T) {
 	if !regexp.MustCompile(`\n\+ 172\.16\.99\.0 +192\.168\.3\.9 +255\.255\.255\.192 UG .* tweth0  # extra\n`).MatchString(out) {
 		t.Errorf("foreign route not marked extra:\n%s", out)
 	}
-	if !strings.Contains(out, "\nlive: 1 missing, 1 extra, 0 different\n") {
+	if !strings.Contains(out, "\nFirewall set vxlan-peers:\n  192.168.3.242\n- 192.168.3.243  # missing\n  192.168.32.105\n") {
+		t.Errorf("deleted set element not marked missing:\n%s", out)
+	}
+	if !strings.Contains(out, "\nlive: 2 missing, 1 extra, 0 different\n") {
 		t.Errorf("summary:\n%s", out)
 	}
 	out = live("-o", "ip")
@@ -380,10 +438,34 @@ func TestRoutesLive(t *testing.T) {
 	}
 	out = live("-o", "yaml")
 	var rep struct {
-		Differences []string `json:"differences"`
+		Differences []string                    `json:"differences"`
+		Firewall    *dataplane.ObservedFirewall `json:"firewall"`
 	}
-	if err := yaml.Unmarshal([]byte(out), &rep); err != nil || len(rep.Differences) != 2 {
+	if err := yaml.Unmarshal([]byte(out), &rep); err != nil || len(rep.Differences) != 3 || !slices.Contains(rep.Differences, "- 192.168.3.243  # missing") {
 		t.Errorf("-o yaml differences %q (%v):\n%s", rep.Differences, err, out)
+	}
+	if rep.Firewall == nil || !rep.Firewall.Table || len(rep.Firewall.VXLANPeers) != 2 || len(rep.Firewall.NATPools) != 1 {
+		t.Errorf("-o yaml firewall %+v:\n%s", rep.Firewall, out)
+	}
+
+	// Without the table, everything in it is missing.
+	nft.DelTable(peers.Table)
+	if err := nft.Flush(); err != nil {
+		t.Fatalf("delete table inet twill: %v", err)
+	}
+	out = live()
+	for _, w := range []string{"\n- table inet twill  # missing\n", "\n- chain input  # missing\n", "\n- counter vxlan-dropped  # missing\n",
+		"\nFirewall set nat-pools:\n- 172.16.0.0/16  # missing\n", "\n- 192.168.32.105  # missing\n"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("without the table, routes --live lacks %q:\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, "counter vxlan-dropped: ") {
+		t.Errorf("counter values shown without a table:\n%s", out)
+	}
+	// 1 route, table, 2 chains, 3 sets, counter, 2 pools, 3 peers.
+	if !strings.Contains(out, "\nlive: 13 missing, 1 extra, 0 different\n") {
+		t.Errorf("summary without the table:\n%s", out)
 	}
 
 	// A running lab's state file names the namespace of lab node k8s-master1.

@@ -540,3 +540,22 @@ func diffElems(want, got []fwElem) (add, del []fwElem) {
 	del = slices.Compact(del)
 	return add, del
 }
+
+// PlannedFirewall is what ObserveFirewall reports once fw is applied to a
+// namespace without a table inet twill: the pools merged and written as
+// the fewest CIDRs (NAT pools included in all pools), the peers sorted and
+// unique, Twill's sets and chains. Entries ApplyFirewall would refuse are
+// left out. `twill routes --live` compares the kernel's table with it.
+func PlannedFirewall(fw plan.Firewall) ObservedFirewall {
+	w, _ := wantFirewall(fw)
+	w = effectiveFirewall(fw, w, nil, fwKernel{})
+	o := ObservedFirewall{Table: true, Chains: slices.Sorted(slices.Values(fwChains)), Sets: slices.Sorted(slices.Values(fwSets))}
+	for _, r := range w.natPools {
+		o.NATPools = append(o.NATPools, rangePrefixes(r)...)
+	}
+	for _, r := range w.allPools {
+		o.AllPools = append(o.AllPools, rangePrefixes(r)...)
+	}
+	o.VXLANPeers = slices.Clone(w.peers)
+	return o
+}

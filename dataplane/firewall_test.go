@@ -270,3 +270,26 @@ func TestPlanMarksFirewallComplete(t *testing.T) {
 		t.Fatalf("plan without the local node has firewall %+v; want the zero value", dp.Firewall)
 	}
 }
+
+func TestPlannedFirewall(t *testing.T) {
+	got := PlannedFirewall(plan.Firewall{
+		AllPools:   []netip.Prefix{mp("10.0.0.0/24"), mp("172.16.0.0/16")},
+		NATPools:   []netip.Prefix{mp("10.0.1.0/24"), mp("172.16.5.0/24"), mp("10.9.0.1/16")}, // the last has host bits: left out
+		VXLANPeers: []netip.Addr{ma("192.168.3.243"), ma("192.168.3.242"), ma("192.168.3.243")},
+		Complete:   true,
+	})
+	want := ObservedFirewall{
+		Table:      true,
+		NATPools:   []netip.Prefix{mp("10.0.1.0/24"), mp("172.16.5.0/24")},
+		AllPools:   []netip.Prefix{mp("10.0.0.0/23"), mp("172.16.0.0/16")}, // NAT pools count as pools; touching ones merge
+		VXLANPeers: []netip.Addr{ma("192.168.3.242"), ma("192.168.3.243")},
+		Chains:     []string{ChainInput, ChainPostrouting},
+		Sets:       []string{SetAllPools, SetNATPools, SetVXLANPeers},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("PlannedFirewall =\n %+v\nwant\n %+v", got, want)
+	}
+	if empty := PlannedFirewall(plan.Firewall{Complete: true}); !empty.Table || len(empty.NATPools)+len(empty.AllPools)+len(empty.VXLANPeers) != 0 {
+		t.Fatalf("PlannedFirewall of an empty plan = %+v, want the table with empty sets", empty)
+	}
+}
