@@ -1,0 +1,233 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"twill.dev/twill/datastore"
+	"twill.dev/twill/plan"
+)
+
+func durations(ms ...int) []time.Duration {
+	out := make([]time.Duration, len(ms))
+	for i, m := range ms {
+		out[i] = time.Duration(m) * time.Millisecond
+	}
+	return out
+}
+
+func TestPercentileNearestRank(t *testing.T) {
+	// 1..100 ms: the p-th percentile is exactly p ms.
+	var hundred []int
+	for i := 1; i <= 100; i++ {
+		hundred = append(hundred, i)
+	}
+	s := durations(hundred...)
+	for _, tc := range []struct {
+		p    float64
+		want int
+	}{{50, 50}, {99, 99}, {100, 100}, {1, 1}, {0.5, 1}} {
+		if got := Percentile(s, tc.p); got != time.Duration(tc.want)*time.Millisecond {
+			t.Errorf("Percentile(1..100 ms, %v) = %v; want %d ms", tc.p, got, tc.want)
+		}
+	}
+	// Nearest rank on 20 samples: p99 is the largest (rank ⌈19.8⌉ = 20),
+	// p50 the 10th.
+	s20 := durations(20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
+	st := Summarize(s20)
+	if st.N != 20 || st.P50 != 10*time.Millisecond || st.P99 != 20*time.Millisecond || st.Min != time.Millisecond || st.Max != 20*time.Millisecond {
+		t.Errorf("Summarize(20 samples) = %+v; want p50 10ms, p99 20ms, min 1ms, max 20ms", st)
+	}
+	if s20[0] != 20*time.Millisecond {
+		t.Error("Summarize sorted its argument in place")
+	}
+	if got := Percentile(nil, 50); got != 0 {
+		t.Errorf("Percentile(nil) = %v; want 0", got)
+	}
+	if got := Summarize(nil); got != (Stats{}) {
+		t.Errorf("Summarize(nil) = %+v; want zero", got)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2}} {
+		if got := Median(tc.in); got != tc.want {
+			t.Errorf("Median(%v) = %v; want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestLatencyRowRatioAndVerdict(t *testing.T) {
+	goal := Goal{Stat: StatP99, AtMost: true, Limit: 50}
+	r := latencyRow(FigSelfHeal, "route", durations(2, 4, 6, 8), durations(1, 1, 2, 2), "(base)", goal)
+	if r.Result.P50 != 4 || r.Result.P99 != 8 || r.Result.Value != 8 || r.Result.Samples != 4 {
+		t.Errorf("result = %+v; want p50 4, p99 8 (value), 4 samples", r.Result)
+	}
+	if r.Ratio.P50 != 4 || r.Ratio.P99 != 4 || r.Ratio.Value != 4 {
+		t.Errorf("ratio = %+v; want 4 (4/1) and 4 (8/2)", r.Ratio)
+	}
+	if !r.Met || r.Verdict != VerdictMet || r.Goal != "p99 ≤ 50 ms" {
+		t.Errorf("verdict %q (met %v), goal %q; want met, p99 ≤ 50 ms", r.Verdict, r.Met, r.Goal)
+	}
+	slow := latencyRow(FigSelfHeal, "route", durations(2, 60), durations(1, 1), "(base)", goal)
+	if slow.Met || slow.Verdict != VerdictNotMet {
+		t.Errorf("p99 60 ms: verdict %q; want not met", slow.Verdict)
+	}
+}
+
+func TestTwoGoalsMustBothHold(t *testing.T) {
+	goals := []Goal{{Stat: StatP50, AtMost: true, Limit: 10}, {Stat: StatP99, AtMost: true, Limit: 40}}
+	// p50 fine, p99 too slow.
+	r := latencyRow(FigCNIAdd, "serial", durations(5, 5, 5, 50), durations(1, 1, 1, 1), "", goals...)
+	if r.Met || r.Goal != "p50 ≤ 10 ms, p99 ≤ 40 ms" {
+		t.Errorf("verdict %q, goal %q; want not met with both goals shown", r.Verdict, r.Goal)
+	}
+	ok := latencyRow(FigCNIAdd, "serial", durations(5, 5, 5, 30), durations(1, 1, 1, 1), "", goals...)
+	if !ok.Met {
+		t.Errorf("p50 5, p99 30: verdict %q; want met", ok.Verdict)
+	}
+}
+
+func TestRatioGoal(t *testing.T) {
+	goal := Goal{Stat: StatRatio, AtMost: false, Limit: 0.95}
+	r := valueRow(FigThroughput, "vxlan", "Gbit/s", Measurement{Samples: 1, Value: 9}, Measurement{Samples: 1, Value: 10}, "", goal)
+	if r.Ratio.Value != 0.9 || r.Met || r.Goal != "ratio ≥ 0.95" {
+		t.Errorf("9 vs 10 Gbit/s: ratio %v, met %v, goal %q; want 0.9, not met, ratio ≥ 0.95", r.Ratio.Value, r.Met, r.Goal)
+	}
+	r = valueRow(FigThroughput, "vxlan", "Gbit/s", Measurement{Samples: 1, Value: 9.6}, Measurement{Samples: 1, Value: 10}, "", goal)
+	if !r.Met {
+		t.Errorf("9.6 vs 10 Gbit/s: verdict %q; want met", r.Verdict)
+	}
+}
+
+func TestErrorAndEmptyRows(t *testing.T) {
+	r := errorRow(FigScale, "rss", "MiB", errors.New("agent died"), Goal{Stat: StatValue, AtMost: true, Limit: 64})
+	if r.Met || r.Verdict != VerdictError || r.Error != "agent died" {
+		t.Errorf("error row: %+v", r)
+	}
+	// A zero value is never "met", even against an upper bound.
+	z := valueRow(FigScale, "rss", "MiB", Measurement{}, Measurement{Value: 1}, "", Goal{Stat: StatValue, AtMost: true, Limit: 64})
+	if z.Met || z.Verdict != VerdictError {
+		t.Errorf("row without a value: verdict %q; want error", z.Verdict)
+	}
+}
+
+func TestWriteTableAndJSON(t *testing.T) {
+	rows := []Row{
+		latencyRow(FigSelfHeal, "route", durations(2, 4), durations(1, 1), "(netlink route add→event)", Goal{Stat: StatP99, AtMost: true, Limit: 50}),
+		errorRow(FigIPAM, "", "alloc/s", errors.New("etcd down"), Goal{Stat: StatRatio, Limit: 0.5}),
+	}
+	rows[0].Note = "a note"
+	var b bytes.Buffer
+	if err := WriteTable(&b, rows); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{"FIGURE", "P50/P99 (OR VALUE)", "BASELINE", "RATIO", "GOAL", "VERDICT",
+		"self-heal: route", "2.00/4.00 ms (n=2)", "(netlink route add→event)", "2.00/4.00", "p99 ≤ 50 ms", "met",
+		"ipam", "error", "ERROR: etcd down", "a note", "nearest-rank"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	b.Reset()
+	if err := WriteJSON(&b, rows); err != nil {
+		t.Fatal(err)
+	}
+	var back []Row
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil {
+		t.Fatalf("JSON does not decode: %v\n%s", err, b.String())
+	}
+	if len(back) != 2 || back[0].Result.Value != 4 || back[0].Verdict != VerdictMet || back[1].Error != "etcd down" {
+		t.Errorf("JSON round trip = %+v", back)
+	}
+	b.Reset()
+	if err := WriteJSON(&b, nil); err != nil || strings.TrimSpace(b.String()) != "[]" {
+		t.Errorf("WriteJSON(nil) = %q, %v; want []", b.String(), err)
+	}
+}
+
+func TestCheckFigure(t *testing.T) {
+	for _, f := range append([]string{""}, Figures...) {
+		if err := CheckFigure(f); err != nil {
+			t.Errorf("CheckFigure(%q) = %v", f, err)
+		}
+	}
+	if err := CheckFigure("latency"); !errors.Is(err, ErrUnknownFigure) || !strings.Contains(err.Error(), "self-heal") {
+		t.Errorf("CheckFigure(latency) = %v; want ErrUnknownFigure listing the names", err)
+	}
+	if len(Figures) != 7 {
+		t.Errorf("%d figures; issue 7 has 7", len(Figures))
+	}
+}
+
+func TestScaleClusterPlansHalfDirectHalfVXLAN(t *testing.T) {
+	const peers, pods = 40, 3
+	c := ScaleCluster("local", peers, pods)
+	if len(c.Nodes) != peers+1 || len(c.Blocks) != peers+1 || len(c.Workloads) != peers*pods || len(c.Handles) != peers*pods {
+		t.Fatalf("cluster has %d nodes, %d blocks, %d workloads, %d handles", len(c.Nodes), len(c.Blocks), len(c.Workloads), len(c.Handles))
+	}
+	dp := plan.Plan(c.Input(plan.VXLANConfig{}))
+	kinds := map[plan.RouteKind]int{}
+	for _, r := range dp.Routes {
+		kinds[r.Kind]++
+	}
+	if kinds[plan.KindDirect] != peers/2 || kinds[plan.KindVXLAN] != peers/2 {
+		t.Errorf("plan has %d direct and %d VXLAN routes; want %d of each", kinds[plan.KindDirect], kinds[plan.KindVXLAN], peers/2)
+	}
+	if len(dp.Neighbors) != peers || len(dp.FDB) != peers {
+		t.Errorf("plan has %d neighbours and %d FDB entries; want %d each", len(dp.Neighbors), len(dp.FDB), peers)
+	}
+	// Allocations sit at distinct ordinals inside their block.
+	b := c.Blocks[1]
+	if len(b.Allocations) != pods+1 || b.Allocations[0].Ordinal != 0 || b.Allocations[pods].Ordinal != pods {
+		t.Errorf("block %s allocations = %+v", b.CIDR, b.Allocations)
+	}
+}
+
+func TestClusterWrite(t *testing.T) {
+	c := ScaleCluster("local", 30, 4)
+	s := datastore.NewFake()
+	skip := func(k string) bool { return k == datastore.NodeKey("local") }
+	if err := c.Write(context.Background(), s, skip); err != nil {
+		t.Fatal(err)
+	}
+	kvs, err := c.KVs(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, _, err := s.List(context.Background(), datastore.Prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != len(kvs)-1 {
+		t.Errorf("store holds %d keys; want %d (all but the skipped one)", len(all), len(kvs)-1)
+	}
+	if _, err := s.Get(context.Background(), datastore.NodeKey("local")); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("skipped key written: %v", err)
+	}
+	if _, err := s.Get(context.Background(), datastore.WorkloadKey("node-00007", "node-00007-c3.eth0")); err != nil {
+		t.Errorf("workload of node 7 missing: %v", err)
+	}
+	// Batches stay below etcd's 128 operations per transaction.
+	if s.Txns() != (len(kvs)-1+writeBatch-1)/writeBatch {
+		t.Errorf("%d transactions for %d keys; want batches of %d", s.Txns(), len(kvs)-1, writeBatch)
+	}
+}
+
+func TestNthBlock(t *testing.T) {
+	if got := ScaleBlock(0).String(); got != "172.16.0.0/26" {
+		t.Errorf("ScaleBlock(0) = %s", got)
+	}
+	if got := ScaleBlock(5).String(); got != "172.16.1.64/26" {
+		t.Errorf("ScaleBlock(5) = %s", got)
+	}
+}
