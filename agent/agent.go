@@ -18,7 +18,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"reflect"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -104,6 +106,10 @@ type Agent struct {
 	// both.
 	inflight map[string]int
 	recent   map[string]time.Time
+	// records are the endpoint records that allocate requests write after
+	// their answer, by handle, while they run or after they failed (see
+	// server.go).
+	records map[string]*recordOp
 	// tunnelBusy is set while a tunnel-address check runs; tunnelTried is
 	// when the last one started.
 	tunnelBusy  bool
@@ -161,10 +167,15 @@ func (a *Agent) Handler() http.Handler { return a.apiMux() }
 // Run opens the dataplane, serves the socket API, health and metrics,
 // registers the node, then keeps the kernel in line with the datastore
 // until ctx ends. It returns nil after a clean shutdown and an error when
-// it cannot start (socket, listeners, namespace).
+// it cannot start (socket, listeners, namespace). While it runs, the Go
+// runtime has the soft memory limit Config.MemoryLimit, if any.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if _, set := os.LookupEnv("GOMEMLIMIT"); a.cfg.MemoryLimit > 0 && !set {
+		prev := debug.SetMemoryLimit(a.cfg.MemoryLimit)
+		defer debug.SetMemoryLimit(prev)
+	}
 	if a.dp == nil {
 		r, err := dataplane.New(dataplane.Options{NetnsPath: a.cfg.NetnsPath, Logger: a.log})
 		if err != nil {
@@ -287,31 +298,70 @@ func (a *Agent) cachedPrefixes() []string {
 		datastore.WorkloadPrefix(a.cfg.NodeName), datastore.IPAMConfigKey}
 }
 
-// relist reads every cached prefix and replaces the cache. It returns the
-// revision to watch from: the oldest of the lists (the cache drops events
-// older than what it holds, so nothing is applied twice out of order).
+// pageLister is a Store that can hand a list over a page at a time
+// (datastore/etcd.Store can): the relist then decodes each page as it comes
+// instead of holding every document of a prefix (a large cluster's blocks
+// are megabytes of JSON) until the last one arrived.
+type pageLister interface {
+	ListPages(ctx context.Context, prefix string, page func(kvs []datastore.KV, restart bool) error) (int64, error)
+}
+
+// relist reads every cached prefix into a new cache and then replaces the
+// agent's with it. It returns the revision to watch from: the oldest of the
+// lists (the cache drops events older than what it holds, so nothing is
+// applied twice out of order).
 func (a *Agent) relist(ctx context.Context) (int64, error) {
-	var all []datastore.KV
+	nc := newCache(a.cfg.NodeName, a.log)
 	var rev int64
+	keys := 0
 	for _, p := range a.cachedPrefixes() {
-		kvs, r, err := a.store.List(ctx, p)
+		r, n, err := a.listInto(ctx, nc, p)
 		if err != nil {
 			return 0, fmt.Errorf("list %s: %w", p, err)
 		}
-		if p == datastore.IPAMConfigKey {
-			kvs = slices.DeleteFunc(kvs, func(kv datastore.KV) bool { return kv.Key != datastore.IPAMConfigKey })
-		}
-		all = append(all, kvs...)
+		keys += n
 		if rev == 0 || r < rev {
 			rev = r
 		}
 	}
 	a.mu.Lock()
-	a.cache.reset(all)
+	a.cache.replace(nc)
 	n := len(a.cache.nodes)
 	a.mu.Unlock()
-	a.log.Debug("datastore listed", "revision", rev, "keys", len(all), "nodes", n)
+	a.log.Debug("datastore listed", "revision", rev, "keys", keys, "nodes", n)
 	return rev, nil
+}
+
+// listInto lists prefix into c, which nobody else uses yet, page by page
+// when the store can, and returns the list's revision and how many keys it
+// held. Keys the cache does not keep (those that merely share the prefix of
+// the IPAM config key) are skipped by c.put.
+func (a *Agent) listInto(ctx context.Context, c *cache, prefix string) (int64, int, error) {
+	n := 0
+	put := func(kvs []datastore.KV) {
+		for _, kv := range kvs {
+			if c.put(kv, kv.Revision) {
+				n++
+			}
+		}
+	}
+	if pl, ok := a.store.(pageLister); ok {
+		rev, err := pl.ListPages(ctx, prefix, func(kvs []datastore.KV, restart bool) error {
+			if restart {
+				c.dropPrefix(prefix)
+				n = 0
+			}
+			put(kvs)
+			return nil
+		})
+		return rev, n, err
+	}
+	kvs, rev, err := a.store.List(ctx, prefix)
+	if err != nil {
+		return 0, 0, err
+	}
+	put(kvs)
+	return rev, n, nil
 }
 
 // watch applies the datastore's changes to the cache until the watch ends
@@ -450,6 +500,10 @@ func (a *Agent) reconcile(ctx context.Context, r reason) error {
 		a.tunnelMTU = dp.Device.MTU
 	}
 	a.mu.Unlock()
+	// The previous plan is replaced whatever Apply returns (by dp, or by
+	// nil on failure); dropping it now keeps it out of Apply's peak
+	// memory, which holds the kernel's tables besides dp.
+	a.lastPlan = nil
 	res, err := a.dp.Apply(dp)
 	dur := a.clock.Now().Sub(start)
 	a.mu.Lock()

@@ -14,11 +14,11 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"twill.dev/twill/agent/internal/nettest"
 	"twill.dev/twill/agentapi"
 	"twill.dev/twill/api"
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/datastore/etcdtest"
+	"twill.dev/twill/internal/nettest"
 	"twill.dev/twill/ipam"
 	"twill.dev/twill/plan"
 )

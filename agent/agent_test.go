@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"twill.dev/twill/api"
 	"twill.dev/twill/dataplane"
 	"twill.dev/twill/datastore"
+	"twill.dev/twill/internal/nettest"
 	"twill.dev/twill/plan"
 )
 
@@ -212,10 +214,10 @@ func TestKernelSignalForcesApplyAndCountsHeals(t *testing.T) {
 	if h.dp.count() <= before {
 		t.Fatalf("no Apply after a kernel signal")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for counterValue(t, h.agent, "twill_heals_total", map[string]string{"kind": "route"}) < 1 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	nettest.Eventually(t, 5*time.Second, time.Millisecond, "a route heal is counted", func() (bool, string) {
+		v := counterValue(t, h.agent, "twill_heals_total", map[string]string{"kind": "route"})
+		return v >= 1, fmt.Sprintf("twill_heals_total{kind=route} = %v", v)
+	})
 	if got := counterValue(t, h.agent, "twill_heals_total", map[string]string{"kind": "route"}); got != 1 {
 		t.Errorf("twill_heals_total{kind=route} = %v, want 1", got)
 	}
@@ -238,16 +240,7 @@ func TestResyncForcesApply(t *testing.T) {
 func TestApplyFailureIsRetriedWithBackoff(t *testing.T) {
 	h := newHarness(t, nil, func(c *Config) { c.Getenv = seedEnv })
 	h.dp.setFail(3)
-	a, err := New(h.store, h.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.agent = a
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	h.done = make(chan error, 1)
-	go func() { h.done <- a.Run(ctx) }()
-	t.Cleanup(h.stop)
+	a := h.run(h.store)
 
 	// Each failure arms a retry 10ms, 20ms, 40ms later; the fourth Apply
 	// succeeds. Advance the clock until it has.
@@ -361,13 +354,10 @@ func TestLocalNodeDeletedKeepsTheKernel(t *testing.T) {
 	if _, err := h.store.Txn(context.Background(), datastore.Delete(datastore.NodeKey("k8s-master1"), datastore.AnyRevision)); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if ok, _ := h.agent.readiness(); !ok {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	nettest.Eventually(t, 10*time.Second, time.Millisecond, "not ready after the Node's deletion", func() (bool, string) {
+		ok, why := h.agent.readiness()
+		return !ok, why
+	})
 	ok, why := h.agent.readiness()
 	if ok || !strings.Contains(why, "missing from the datastore") {
 		t.Fatalf("readiness after the Node's deletion = %v %q, want not ready, Node missing", ok, why)
@@ -443,16 +433,7 @@ func (s *breakableStore) breakWatch(err error) {
 func TestCompactedWatchRelists(t *testing.T) {
 	bs := &breakableStore{Fake: datastore.NewFake()}
 	h := newHarness(t, nil, func(c *Config) { c.Getenv = seedEnv })
-	a, err := New(bs, h.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.agent = a
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	h.done = make(chan error, 1)
-	go func() { h.done <- a.Run(ctx) }()
-	t.Cleanup(h.stop)
+	a := h.run(bs)
 	h.waitReady()
 
 	bs.mu.Lock()

@@ -25,11 +25,12 @@ import (
 	"testing"
 	"time"
 
-	"twill.dev/twill/agent/internal/nettest"
 	"twill.dev/twill/api"
+	"twill.dev/twill/bench"
 	"twill.dev/twill/dataplane"
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/datastore/etcdtest"
+	"twill.dev/twill/internal/nettest"
 	"twill.dev/twill/plan"
 )
 
@@ -47,21 +48,17 @@ func benchNode(b *testing.B, addr string) *nettest.NS {
 	return ns
 }
 
-// percentiles reports p50 and p99 of ds in milliseconds.
+// reportPercentiles reports the nearest-rank p50 and p99 of ds in
+// milliseconds (bench.Summarize, as `twill bench` computes them).
 func reportPercentiles(b *testing.B, ds []time.Duration) {
 	b.Helper()
-	if len(ds) == 0 {
+	st := bench.Summarize(ds)
+	if st.N == 0 {
 		return
 	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	at := func(q float64) float64 {
-		i := int(q * float64(len(s)-1))
-		return float64(s[i]) / float64(time.Millisecond)
-	}
-	b.ReportMetric(at(0.50), "p50-ms")
-	b.ReportMetric(at(0.99), "p99-ms")
-	b.ReportMetric(float64(len(s)), "samples")
+	b.ReportMetric(float64(st.P50)/float64(time.Millisecond), "p50-ms")
+	b.ReportMetric(float64(st.P99)/float64(time.Millisecond), "p99-ms")
+	b.ReportMetric(float64(st.N), "samples")
 }
 
 // benchAgent runs one agent in ns against a fresh embedded etcd holding a
@@ -148,55 +145,40 @@ func BenchmarkSelfHeal(b *testing.B) {
 	if err := nettest.WaitRoute(updates, block, false, 10*time.Second); err != nil {
 		b.Fatal(err)
 	}
-	var samples []time.Duration
+	// The core `twill bench` runs against a lab node: delete, then time
+	// until a route subscription in the namespace sees it back.
 	b.ResetTimer()
-	for range b.N {
-		r, err := ns.Route(block)
-		if err != nil || r == nil {
-			b.Fatalf("route %s missing before the delete: %v", block, err)
-		}
-		start := time.Now()
-		if err := ns.H.RouteDel(r); err != nil {
-			b.Fatal(err)
-		}
-		if err := nettest.WaitRoute(updates, block, false, 5*time.Second); err != nil {
-			b.Fatal(err)
-		}
-		samples = append(samples, time.Since(start))
-	}
+	samples, err := bench.HealSamples(context.Background(), ns.Path, bench.RouteVictim(block), b.N, 0)
 	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
 	reportPercentiles(b, samples)
 }
 
-// BenchmarkConvergence registers a new peer (node and block) in etcd and
-// times until its route appears in the agent's namespace.
+// BenchmarkConvergence registers a new peer (a Node write, then its block
+// pinned through IPAM) and times until its route appears in the agent's
+// namespace; each peer is removed again before the next (untimed). It runs
+// the core `twill bench` runs against the lab's nodes.
 func BenchmarkConvergence(b *testing.B) {
 	nettest.RequireRoot(b)
 	ns := benchNode(b, "192.168.3.241/24")
 	store := benchAgent(b, ns, "bench-local")
-	done := make(chan struct{})
-	defer close(done)
-	updates, err := ns.SubscribeRoutes(done)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var samples []time.Duration
-	b.ResetTimer()
-	for i := range b.N {
-		block := blockN(i + 1)
+	peers := make([]bench.Peer, b.N)
+	for i := range peers {
 		// Alternate same-subnet (direct) and other-subnet (VXLAN) peers.
 		addr := fmt.Sprintf("192.168.3.%d/24", 2+i%200)
 		if i%2 == 1 {
 			addr = fmt.Sprintf("10.%d.%d.%d/16", 1+i/60000, (i/250)%250, 1+i%250)
 		}
-		start := time.Now()
-		remoteNode(b, store, fmt.Sprintf("peer-%d", i), addr, block)
-		if err := nettest.WaitRoute(updates, block, false, 10*time.Second); err != nil {
-			b.Fatal(err)
-		}
-		samples = append(samples, time.Since(start))
+		peers[i] = bench.Peer{Name: fmt.Sprintf("peer-%d", i), Address: netip.MustParsePrefix(addr), Block: blockN(i + 1)}
 	}
+	b.ResetTimer()
+	samples, err := bench.ConvergenceSamples(context.Background(), store, []string{ns.Path}, peers, 0)
 	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
 	reportPercentiles(b, samples)
 }
 
@@ -217,27 +199,15 @@ func rssMiB() float64 {
 	return 0
 }
 
-// bigCache is a cluster of 5,000 remote nodes, half in the local /16 and
-// half outside it, each with one block.
+// bigCache is the scale cluster of `twill bench` (bench.ScaleCluster):
+// peers remote nodes, half in the local /16 and half outside it, each with
+// one block.
 func bigCache(b *testing.B, peers int) *cache {
 	b.Helper()
 	c := newCache("local", nil)
-	pool := api.IPPool{Metadata: api.ObjectMeta{Name: "big"}, Spec: api.IPPoolSpec{CIDR: "172.16.0.0/12", BlockSize: 26, VXLANMode: api.EncapCrossSubnet}}
-	pool.Default()
-	kvs := []datastore.KV{mustKV(b, datastore.PoolKey("big"), pool, 1)}
-	add := func(name, addr string, block netip.Prefix) {
-		n := api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode}, Metadata: api.ObjectMeta{Name: name},
-			Spec: api.NodeSpec{Address: addr, Interface: "eth0", MTU: 1500, VTEPMAC: api.VTEPMAC(name), TunnelAddress: block.Addr().String()}}
-		kvs = append(kvs, mustKV(b, datastore.NodeKey(name), n, 2),
-			mustKV(b, datastore.BlockKey(block.String()), api.Block{CIDR: block.String(), Affinity: name}, 2))
-	}
-	add("local", "192.168.0.1/16", blockN(0))
-	for i := 1; i <= peers; i++ {
-		addr := fmt.Sprintf("192.168.%d.%d/16", i/250, 2+i%250)
-		if i%2 == 1 {
-			addr = fmt.Sprintf("10.1.%d.%d/16", i/250, 2+i%250)
-		}
-		add(fmt.Sprintf("node-%05d", i), addr, blockN(i))
+	kvs, err := bench.ScaleCluster("local", peers, 0).KVs(2)
+	if err != nil {
+		b.Fatal(err)
 	}
 	c.reset(kvs)
 	return c

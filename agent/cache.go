@@ -12,17 +12,17 @@ import (
 )
 
 // cache is the agent's copy of the datastore objects its plan depends on:
-// every node, pool and block, the IPAM config and the local node's workload
-// endpoints. It is filled by a list and kept current by a watch. Objects are
-// replaced, never modified in place, so slices handed out by planInput stay
-// valid after later changes.
+// every node and pool, a summary of every block (cachedBlock), the IPAM
+// config and the local node's workload endpoints. It is filled by a list and
+// kept current by a watch. Objects are replaced, never modified in place, so
+// slices handed out by planInput stay valid after later changes.
 type cache struct {
 	local string
 	// synced is set once a full list succeeded.
 	synced    bool
 	nodes     map[string]api.Node
 	pools     map[string]api.IPPool
-	blocks    map[string]api.Block
+	blocks    map[string]cachedBlock
 	workloads map[string]api.WorkloadEndpoint
 	config    api.IPAMConfig
 	// revs holds, per key, the revision of the last change applied
@@ -41,7 +41,7 @@ func newCache(local string, log *slog.Logger) *cache {
 func (c *cache) clear() {
 	c.nodes = map[string]api.Node{}
 	c.pools = map[string]api.IPPool{}
-	c.blocks = map[string]api.Block{}
+	c.blocks = map[string]cachedBlock{}
 	c.workloads = map[string]api.WorkloadEndpoint{}
 	c.config = api.IPAMConfig{}
 	c.revs = map[string]int64{}
@@ -82,6 +82,24 @@ func (c *cache) reset(kvs []datastore.KV) {
 		c.put(kv, kv.Revision)
 	}
 	c.synced = true
+}
+
+// replace takes over nc's content, a complete list, and marks c synced.
+func (c *cache) replace(nc *cache) {
+	c.nodes, c.pools, c.blocks, c.workloads = nc.nodes, nc.pools, nc.blocks, nc.workloads
+	c.config, c.revs = nc.config, nc.revs
+	c.synced = true
+}
+
+// dropPrefix forgets every key under prefix, as if it had never been
+// listed (a list that starts over).
+func (c *cache) dropPrefix(prefix string) {
+	for key := range c.revs {
+		if strings.HasPrefix(key, prefix) {
+			c.delete(key, c.kind(key))
+			delete(c.revs, key)
+		}
+	}
 }
 
 // apply applies one change at revision rev (the store revision of the
@@ -144,9 +162,9 @@ func (c *cache) put(kv datastore.KV, rev int64) bool {
 			c.pools[kv.Key] = o.Value
 		}
 	case keyBlock:
-		var o datastore.Object[api.Block]
-		if o, err = datastore.Decode[api.Block](kv); err == nil {
-			c.blocks[kv.Key] = o.Value
+		var b cachedBlock
+		if b, err = decodeBlock(kv); err == nil {
+			c.blocks[kv.Key] = b
 		}
 	case keyWorkload:
 		var o datastore.Object[api.WorkloadEndpoint]
@@ -168,19 +186,52 @@ func (c *cache) put(kv datastore.KV, rev int64) bool {
 	return true
 }
 
+// cachedBlock is what the agent keeps of an IPAM block: what the planner
+// reads (CIDR, affinity and the addresses borrowed by other nodes) and what
+// the status reads (the number of used addresses). A block holds one
+// allocation, with its handle and attributes, per address in use; keeping
+// them all would cost the agent memory in proportion to the cluster's pods
+// (issue 7's 64 MiB at 100,000 pods), while the plan only routes the
+// borrowed ones.
+type cachedBlock struct {
+	cidr     string
+	affinity string
+	pinned   bool
+	// prefix is cidr parsed; invalid when it does not parse.
+	prefix netip.Prefix
+	// used is the number of allocations.
+	used int
+	// borrowed are the allocations the planner routes as borrowed, in the
+	// block's order: those whose node attribute is set and is not the
+	// block's affinity. Their attributes are reduced to the node.
+	borrowed []api.Allocation
+}
+
+// block returns the block the planner sees: b without the allocations it
+// does not read.
+func (b cachedBlock) block() api.Block {
+	return api.Block{CIDR: b.cidr, Affinity: b.affinity, Pinned: b.pinned, Allocations: b.borrowed}
+}
+
 // localNode returns the local node as cached.
 func (c *cache) localNode() (api.Node, bool) {
 	n, ok := c.nodes[datastore.NodeKey(c.local)]
 	return n, ok
 }
 
-// sortedValues returns m's values ordered by key.
-func sortedValues[V any](m map[string]V) []V {
+// keysInOrder returns m's keys, sorted.
+func keysInOrder[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
+	return keys
+}
+
+// sortedValues returns m's values ordered by key.
+func sortedValues[V any](m map[string]V) []V {
+	keys := keysInOrder(m)
 	out := make([]V, 0, len(keys))
 	for _, k := range keys {
 		out = append(out, m[k])
@@ -191,14 +242,19 @@ func sortedValues[V any](m map[string]V) []V {
 // planInput builds the planner's input from the cache: every node, pool
 // and block, and the workloads recorded for the local node, in key order,
 // with the VXLAN settings of the agent's flags. Pools get their defaults
-// filled in (documents may leave fields out). It only reads c.
+// filled in (documents may leave fields out). Blocks carry only their
+// borrowed allocations, the only ones the planner reads. It only reads c.
 func planInput(c *cache, vxlan plan.VXLANConfig) plan.Input {
 	in := plan.Input{
 		LocalNode: c.local,
 		Nodes:     sortedValues(c.nodes),
 		Pools:     sortedValues(c.pools),
-		Blocks:    sortedValues(c.blocks),
 		VXLAN:     vxlan,
+	}
+	keys := keysInOrder(c.blocks)
+	in.Blocks = make([]api.Block, len(keys))
+	for i, k := range keys {
+		in.Blocks[i] = c.blocks[k].block()
 	}
 	for i := range in.Pools {
 		in.Pools[i].Default()
@@ -262,7 +318,7 @@ func poolHasRoom(c *cache) bool {
 	blocks := sortedValues(c.blocks)
 	owned := 0
 	for _, b := range blocks {
-		if b.Affinity == c.local {
+		if b.affinity == c.local {
 			owned++
 		}
 	}
@@ -270,15 +326,15 @@ func poolHasRoom(c *cache) bool {
 	for _, pr := range eligiblePools(node, sortedValues(c.pools)) {
 		inPool := 0
 		for _, b := range blocks {
-			bp, err := b.Prefix()
-			if err != nil || !pr.cidr.Contains(bp.Addr()) {
+			bp := b.prefix
+			if !bp.IsValid() || !pr.cidr.Contains(bp.Addr()) {
 				continue
 			}
 			inPool++
-			if len(b.Allocations) >= blockAddrs(bp) {
+			if b.used >= blockAddrs(bp) {
 				continue
 			}
-			if b.Affinity == c.local || !c.config.StrictAffinity {
+			if b.affinity == c.local || !c.config.StrictAffinity {
 				return true
 			}
 		}

@@ -206,7 +206,12 @@ func TestPoolHasRoom(t *testing.T) {
 				c.pools[datastore.PoolKey(p.Metadata.Name)] = p
 			}
 			for _, b := range tc.blocks {
-				c.blocks[datastore.BlockKey(b.CIDR)] = b
+				key := datastore.BlockKey(b.CIDR)
+				cb, err := decodeBlock(mustKV(t, key, b, 1))
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.blocks[key] = cb
 			}
 			c.config = tc.config
 			if got := poolHasRoom(c); got != tc.want {

@@ -27,6 +27,12 @@ const (
 	// PodGateway is the address pods route through (answered by proxy ARP
 	// on the host side of their veth).
 	PodGateway = "169.254.1.1"
+	// DefaultMemoryLimit is the Go runtime's soft memory limit that
+	// `twill node run` asks for (Config.MemoryLimit): issue 7's goal of
+	// 64 MiB for the agent's resident set, less the ~25 MiB of the twill
+	// binary's own code and data that the process maps, less a margin.
+	// docs/benchmarks.md (scale) has the measurements.
+	DefaultMemoryLimit int64 = 36 << 20
 )
 
 // Dataplane is what the agent needs from the kernel side; package
@@ -68,6 +74,17 @@ type Config struct {
 	// GCGrace protects addresses allocated by this agent less than GCGrace
 	// ago from CNI GC; 0 means DefaultGCGrace, negative disables.
 	GCGrace time.Duration
+	// MemoryLimit, when positive, is the soft memory limit Run gives the Go
+	// runtime (runtime/debug.SetMemoryLimit) until it returns, unless the
+	// process has its own (the GOMEMLIMIT environment variable is set; "off"
+	// turns the limit off): near it the garbage collector runs more often
+	// instead of letting the heap grow. It trades CPU for memory only when
+	// the heap approaches the limit; a cluster whose agent needs more than
+	// the limit (beyond issue 7's 5,000 nodes) should raise it with
+	// GOMEMLIMIT, or the collector works hard (up to half the CPU) to stay
+	// under it. 0 leaves the runtime alone (the CLI passes
+	// DefaultMemoryLimit).
+	MemoryLimit int64
 	// Getenv reads the default pool's environment; nil means os.Getenv.
 	Getenv func(string) string
 	// Logger receives the agent's logs; nil means slog.Default().
@@ -118,6 +135,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.GCGrace == 0 {
 		c.GCGrace = DefaultGCGrace
+	}
+	if c.MemoryLimit < 0 {
+		return bad("memory limit %d is negative; use 0 for none", c.MemoryLimit)
 	}
 	if c.Getenv == nil {
 		c.Getenv = os.Getenv

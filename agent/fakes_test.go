@@ -265,7 +265,15 @@ func newHarness(t *testing.T, store *datastore.Fake, mutate func(*Config)) *harn
 // start runs the agent and waits until it is ready.
 func (h *harness) start() {
 	h.t.Helper()
-	a, err := New(h.store, h.cfg)
+	h.run(h.store)
+	h.waitReady()
+}
+
+// run starts an agent on store without waiting for it to be ready, and
+// stops it when the test ends.
+func (h *harness) run(store datastore.Store) *Agent {
+	h.t.Helper()
+	a, err := New(store, h.cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -275,7 +283,7 @@ func (h *harness) start() {
 	h.done = make(chan error, 1)
 	go func() { h.done <- a.Run(ctx) }()
 	h.t.Cleanup(h.stop)
-	h.waitReady()
+	return a
 }
 
 func (h *harness) waitReady() {

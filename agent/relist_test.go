@@ -92,17 +92,10 @@ func TestRelistNeverPlansAPartialCache(t *testing.T) {
 		put(t, rs.Fake, datastore.BlockKey(p.block), api.Block{CIDR: p.block, Affinity: p.name})
 	}
 	h := newHarness(t, nil, func(c *Config) { c.Getenv = seedEnv })
-	a, err := New(rs, h.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.agent = a
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	h.done = make(chan error, 1)
-	go func() { h.done <- a.Run(ctx) }()
+	h.run(rs)
 	t.Cleanup(func() {
-		// A List still held would keep Run from returning.
+		// A List still held would keep Run from returning; this runs
+		// before run's own cleanup, which then finds the agent stopped.
 		rs.mu.Lock()
 		select {
 		case <-rs.release:

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -169,6 +171,7 @@ func (a *Agent) apiMux() http.Handler {
 	mux.Handle("DELETE "+agentapi.EndpointsPath+"{handle}", a.instrument("delete-endpoint", a.deleteEndpoint))
 	mux.Handle("GET "+agentapi.StatusPath, a.instrument("status", a.status))
 	mux.Handle("POST "+agentapi.GCPath, a.instrument("gc", a.gc))
+	mux.Handle("POST "+agentapi.SyncPath, a.instrument("sync", a.syncRecord))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, &agentapi.Error{Code: agentapi.CodeInvalid,
 			Message: fmt.Sprintf("no such endpoint %s %s: see package agentapi for the API", r.Method, r.URL.Path)})
@@ -193,6 +196,15 @@ func (a *Agent) instrument(op string, f apiFunc) http.Handler {
 				lvl = slog.LevelError
 			}
 			a.log.Log(ctx, lvl, "CNI request failed", "op", op, "path", r.URL.Path, "code", e.Code, "err", err)
+		} else if fu, ok := out.(followUp); ok {
+			// The answer goes out whole (with its length) before the
+			// rest of the work, which the client no longer waits for:
+			// it may close the connection, which ends r.Context().
+			writeJSONNow(w, http.StatusOK, fu.answer)
+			fctx, fcancel := context.WithTimeout(context.WithoutCancel(r.Context()), requestTimeout)
+			fu.then(fctx)
+			fcancel()
+			a.log.Debug("CNI request", "op", op, "path", r.URL.Path, "duration", time.Since(start))
 		} else {
 			writeJSON(w, http.StatusOK, out)
 			a.log.Debug("CNI request", "op", op, "path", r.URL.Path, "duration", time.Since(start))
@@ -206,6 +218,33 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(v)
+}
+
+// followUp is what an apiFunc returns when its work goes on after the
+// answer: answer is sent first, then then runs, within the request (so
+// that a graceful shutdown waits for it, and the request's metrics count
+// it) but with a context of its own.
+type followUp struct {
+	answer any
+	then   func(ctx context.Context)
+}
+
+// writeJSONNow writes v with its Content-Length and flushes it, so that the
+// client has the whole answer while the handler goes on.
+func writeJSONNow(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		b, _ = json.Marshal(&agentapi.Error{Code: agentapi.CodeInternal, Message: "encode the answer: " + err.Error()})
+		status = http.StatusInternalServerError
+	}
+	b = append(b, '\n')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	w.Write(b)
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 // invalid returns a CodeInvalid error.
@@ -346,17 +385,35 @@ func (a *Agent) allocate(ctx context.Context, r *http.Request) (any, error) {
 		}
 		want = ip
 	}
+	rec := req.Record
+	if rec != nil {
+		if rec.Handle != "" && rec.Handle != handle {
+			return nil, invalid("record.handle %q differs from the request's handle %q", rec.Handle, handle)
+		}
+		if err := checkEndpoint(rec); err != nil {
+			return nil, err
+		}
+	}
 	if err := a.requireRegistered(); err != nil {
 		return nil, err
 	}
-	defer a.begin(handle)()
+	done := a.begin(handle)
+	// An earlier request for the handle may still be recording its
+	// endpoint: let it finish first (its outcome is this one's to redo).
+	if _, err := a.awaitRecord(ctx, handle); err != nil && ctx.Err() != nil {
+		done()
+		return nil, err
+	}
 
 	held, err := a.ipam.HandleAddrs(ctx, handle)
 	if err != nil {
+		done()
 		return nil, err
 	}
+	fresh := len(held) == 0
 	if len(held) > 0 {
 		if want.IsValid() && !slices.Contains(held, want) {
+			done()
 			return nil, invalid("handle %q already holds %v, not the requested %s: delete the endpoint first (DEL), then add again", handle, held, want)
 		}
 	} else {
@@ -370,18 +427,290 @@ func (a *Agent) allocate(ctx context.Context, r *http.Request) (any, error) {
 			Handle: handle, Node: a.cfg.NodeName, Use: api.UseWorkload, Attrs: attrs, Count: 1, IP: want,
 		})
 		if err != nil {
+			done()
 			return nil, err
 		}
 		a.log.Info("allocated pod address", "handle", handle, "addresses", held, "namespace", req.Namespace, "pod", req.Pod)
 	}
 	a.touch(handle)
+	resp := agentapi.AllocateResponse{Handle: handle, Addresses: hostPrefixes(held), Gateway: PodGateway}
 	a.mu.Lock()
-	mtu, tmtu := a.host.MTU, a.tunnelMTU
+	resp.MTU, resp.TunnelMTU = a.host.MTU, a.tunnelMTU
 	a.mu.Unlock()
-	if mtu <= 0 {
-		mtu = 1500
+	if resp.MTU <= 0 {
+		resp.MTU = 1500
 	}
-	return agentapi.AllocateResponse{Handle: handle, Addresses: hostPrefixes(held), MTU: mtu, TunnelMTU: tmtu, Gateway: PodGateway}, nil
+	if rec == nil {
+		done()
+		return resp, nil
+	}
+	// The endpoint goes into the cache now, so that the reconciles the
+	// plugin's plumbing sets off plan with it, and into the datastore
+	// after the answer, while the plugin plumbs the veth; the plugin's Sync
+	// waits for it before the pod's route is added. The handle stays in
+	// use (GC spares it) until then.
+	ep := *rec
+	ep.ContainerID = cmp.Or(ep.ContainerID, req.ContainerID)
+	ep.IfName = cmp.Or(ep.IfName, req.IfName)
+	ep.Namespace = cmp.Or(ep.Namespace, req.Namespace)
+	ep.Pod = cmp.Or(ep.Pod, req.Pod)
+	w := a.endpointObject(handle, ep, held)
+	b, err := datastore.Encode(w)
+	if err != nil {
+		done()
+		return nil, err
+	}
+	op := a.startRecord(handle)
+	st := a.stage(w)
+	resp.Recording = true
+	return followUp{answer: resp, then: func(ctx context.Context) {
+		defer done()
+		err := a.commit(ctx, st, b)
+		if err != nil && fresh {
+			// A failed request leaves nothing behind: neither the address
+			// it allocated nor a record that may have been written before
+			// the error.
+			a.undoAllocate(ctx, handle, err)
+		}
+		a.finishRecord(handle, op, err)
+	}}, nil
+}
+
+// staged is an endpoint put into the cache before its record is written.
+type staged struct {
+	w   api.WorkloadEndpoint
+	key string
+	// prev is what the cache held for key before (if hadPrev), at the
+	// revision prevRev.
+	prev    api.WorkloadEndpoint
+	hadPrev bool
+	prevRev int64
+	// settled is set when no Apply was running: every Apply from then on
+	// plans with the endpoint.
+	settled bool
+}
+
+// stage puts w into the cache ahead of its record. It does not ask for a
+// reconcile: the plugin's plumbing is about to set one off (kernel
+// events), and commit asks for one. An Apply that planned without it may
+// still be running; then st.settled is false and commit waits for that
+// Apply.
+func (a *Agent) stage(w api.WorkloadEndpoint) *staged {
+	st := &staged{w: w, key: datastore.WorkloadKey(a.cfg.NodeName, w.Spec.Handle)}
+	st.settled = a.planMu.TryLock()
+	a.mu.Lock()
+	st.prev, st.hadPrev = a.cache.workloads[st.key]
+	st.prevRev = a.cache.revs[st.key]
+	a.cache.workloads[st.key] = w
+	a.mu.Unlock()
+	if st.settled {
+		a.planMu.Unlock()
+	}
+	return st
+}
+
+// commit writes the record of a staged endpoint (b is st.w encoded) and
+// returns once no Apply that planned without it still runs. When the write
+// fails, the cache gets back what it held, unless the datastore's watch
+// has changed the key since.
+func (a *Agent) commit(ctx context.Context, st *staged, b []byte) error {
+	handle := st.w.Spec.Handle
+	rev, err := a.store.Txn(ctx, datastore.Put(st.key, b, datastore.AnyRevision))
+	if err != nil {
+		a.mu.Lock()
+		if a.cache.revs[st.key] == st.prevRev {
+			if st.hadPrev {
+				a.cache.workloads[st.key] = st.prev
+			} else {
+				delete(a.cache.workloads, st.key)
+			}
+		}
+		a.mu.Unlock()
+		a.markDirty(reasonLocal)
+		return fmt.Errorf("record endpoint %s: %w", handle, err)
+	}
+	a.touch(handle)
+	if !st.settled {
+		a.planMu.Lock() // see Agent.planMu: outlast the Apply that planned without it
+	}
+	a.mu.Lock()
+	a.cache.apply(datastore.Event{Type: datastore.EventPut, KV: datastore.KV{Key: st.key, Value: b, Revision: rev}}, rev)
+	a.mu.Unlock()
+	if !st.settled {
+		a.planMu.Unlock()
+	}
+	a.markDirty(reasonLocal)
+	a.log.Info("recorded pod endpoint", "handle", handle, "iface", st.w.Spec.HostIface, "addresses", st.w.Spec.Addresses)
+	return nil
+}
+
+// recordOp is the endpoint record an allocate request writes after its
+// answer.
+type recordOp struct {
+	done chan struct{}
+	// err is the outcome, set before done is closed.
+	err error
+	// ended is when it failed (failed records are kept for Sync).
+	ended time.Time
+}
+
+// failedRecordTTL is how long the outcome of a failed record is kept for a
+// Sync that does not come.
+const failedRecordTTL = 10 * time.Minute
+
+// startRecord registers a record of handle about to be written.
+func (a *Agent) startRecord(handle string) *recordOp {
+	op := &recordOp{done: make(chan struct{})}
+	now := a.clock.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.records == nil {
+		a.records = map[string]*recordOp{}
+	}
+	for h, o := range a.records {
+		if !o.ended.IsZero() && now.Sub(o.ended) > failedRecordTTL {
+			delete(a.records, h)
+		}
+	}
+	a.records[handle] = op
+	return op
+}
+
+// finishRecord ends op with err. A successful record is forgotten at once
+// (the cache has it); a failed one is kept for the Sync that reports it.
+func (a *Agent) finishRecord(handle string, op *recordOp, err error) {
+	a.mu.Lock()
+	op.err = err
+	if err == nil {
+		if a.records[handle] == op {
+			delete(a.records, handle)
+		}
+	} else {
+		op.ended = a.clock.Now()
+	}
+	a.mu.Unlock()
+	close(op.done)
+}
+
+// awaitRecord waits until no allocate request is recording the endpoint of
+// handle. It returns the outcome of the last such record, if one was
+// pending or failed (and forgets it), or the context's error.
+func (a *Agent) awaitRecord(ctx context.Context, handle string) (found bool, err error) {
+	a.mu.Lock()
+	op := a.records[handle]
+	a.mu.Unlock()
+	if op == nil {
+		return false, nil
+	}
+	select {
+	case <-op.done:
+	case <-ctx.Done():
+		return true, fmt.Errorf("wait for the endpoint record of %s: %w", handle, ctx.Err())
+	}
+	a.mu.Lock()
+	if a.records[handle] == op {
+		delete(a.records, handle)
+	}
+	a.mu.Unlock()
+	return true, op.err
+}
+
+// syncRecord answers once the endpoint of the handle, recorded by an
+// allocate request after its answer, is recorded: with the endpoint as
+// stored, or with the error that kept it from being recorded.
+func (a *Agent) syncRecord(ctx context.Context, r *http.Request) (any, error) {
+	var req agentapi.SyncRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.Handle == "" {
+		return nil, invalid("handle is empty: give the handle (containerID.ifName) whose endpoint to wait for")
+	}
+	if _, err := a.awaitRecord(ctx, req.Handle); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	w, ok := a.cache.workloads[datastore.WorkloadKey(a.cfg.NodeName, req.Handle)]
+	a.mu.Unlock()
+	if !ok {
+		return nil, &agentapi.Error{Code: agentapi.CodeUnavailable, Message: fmt.Sprintf(
+			"no endpoint is recorded for %s (deleted since, or the agent restarted while recording it): retry the ADD", req.Handle)}
+	}
+	return endpointFrom(w), nil
+}
+
+// undoAllocate deletes the endpoint record of handle, if the failed write
+// made one after all, and releases the handle's addresses, as DEL would,
+// after recording the endpoint of a fresh allocation failed with cause. It
+// runs even when the request's context is done.
+func (a *Agent) undoAllocate(ctx context.Context, handle string, cause error) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
+	defer cancel()
+	_, err := a.deleteRecord(rctx, handle)
+	var released []netip.Addr
+	if err == nil {
+		released, err = a.ipam.ReleaseHandle(rctx, handle)
+	}
+	if err != nil {
+		a.log.Error("undo a fresh allocation whose endpoint could not be recorded (DEL or GC cleans it up)", "handle", handle, "cause", cause, "err", err)
+		return
+	}
+	a.mu.Lock()
+	delete(a.recent, handle)
+	a.mu.Unlock()
+	a.log.Warn("released a fresh allocation: its endpoint could not be recorded", "handle", handle, "released", released, "cause", cause)
+}
+
+// checkEndpoint validates the parts of an endpoint the caller chose: its
+// host interface and MAC.
+func checkEndpoint(ep *agentapi.Endpoint) error {
+	if !ifNameRE.MatchString(ep.HostIface) {
+		return invalid("hostIface %q must be the host side of the veth, 1-15 bytes without '/', ':' or spaces", ep.HostIface)
+	}
+	if ep.MAC != "" {
+		if hw, err := net.ParseMAC(ep.MAC); err != nil || len(hw) != 6 {
+			return invalid("mac %q is not a 6-byte MAC such as ee:ee:ee:ee:ee:ee", ep.MAC)
+		}
+	}
+	return nil
+}
+
+// recordEndpoint writes the endpoint record of handle with addrs (which
+// IPAM holds for it) and adds it to the cache, so that the next plan has it.
+// It holds planMu while the cache changes: once it returns, no Apply that
+// planned without the endpoint still runs (see Agent.planMu).
+func (a *Agent) recordEndpoint(ctx context.Context, handle string, ep agentapi.Endpoint, addrs []netip.Addr) error {
+	w := a.endpointObject(handle, ep, addrs)
+	b, err := datastore.Encode(w)
+	if err != nil {
+		return err
+	}
+	key := datastore.WorkloadKey(a.cfg.NodeName, handle)
+	rev, err := a.store.Txn(ctx, datastore.Put(key, b, datastore.AnyRevision))
+	if err != nil {
+		return fmt.Errorf("record endpoint %s: %w", handle, err)
+	}
+	a.touch(handle)
+	a.planMu.Lock() // see Agent.planMu: no stale Apply may follow this
+	a.mu.Lock()
+	a.cache.apply(datastore.Event{Type: datastore.EventPut, KV: datastore.KV{Key: key, Value: b, Revision: rev}}, rev)
+	a.mu.Unlock()
+	a.planMu.Unlock()
+	a.markDirty(reasonLocal)
+	a.log.Info("recorded pod endpoint", "handle", handle, "iface", ep.HostIface, "addresses", w.Spec.Addresses)
+	return nil
+}
+
+// endpointObject is the record of ep under handle, with addrs.
+func (a *Agent) endpointObject(handle string, ep agentapi.Endpoint, addrs []netip.Addr) api.WorkloadEndpoint {
+	return api.WorkloadEndpoint{
+		TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindWorkloadEndpoint},
+		Metadata: api.ObjectMeta{Name: handle},
+		Spec: api.WorkloadEndpointSpec{
+			Node: a.cfg.NodeName, Namespace: ep.Namespace, Pod: ep.Pod, ContainerID: ep.ContainerID, IfName: ep.IfName,
+			Handle: handle, HostIface: ep.HostIface, Addresses: hostPrefixes(addrs), MAC: ep.MAC, Netns: ep.Netns,
+		},
+	}
 }
 
 // endpointFrom turns a stored endpoint into its API form.
@@ -403,8 +732,8 @@ func (a *Agent) putEndpoint(ctx context.Context, r *http.Request) (any, error) {
 	if ep.Handle != "" && ep.Handle != handle {
 		return nil, invalid("body handle %q differs from the path's %q", ep.Handle, handle)
 	}
-	if !ifNameRE.MatchString(ep.HostIface) {
-		return nil, invalid("hostIface %q must be the host side of the veth, 1-15 bytes without '/', ':' or spaces", ep.HostIface)
+	if err := checkEndpoint(&ep); err != nil {
+		return nil, err
 	}
 	if len(ep.Addresses) == 0 {
 		return nil, invalid("addresses is empty: give the pod's addresses, e.g. [\"172.16.159.145/32\"]")
@@ -421,11 +750,6 @@ func (a *Agent) putEndpoint(ctx context.Context, r *http.Request) (any, error) {
 		}
 		addrs = append(addrs, ad)
 	}
-	if ep.MAC != "" {
-		if hw, err := net.ParseMAC(ep.MAC); err != nil || len(hw) != 6 {
-			return nil, invalid("mac %q is not a 6-byte MAC such as ee:ee:ee:ee:ee:ee", ep.MAC)
-		}
-	}
 	if err := a.requireRegistered(); err != nil {
 		return nil, err
 	}
@@ -439,32 +763,11 @@ func (a *Agent) putEndpoint(ctx context.Context, r *http.Request) (any, error) {
 			return nil, invalid("address %s is not allocated to handle %q (it holds %v): allocate it first (POST %s)", ad, handle, held, agentapi.AllocatePath)
 		}
 	}
-	w := api.WorkloadEndpoint{
-		TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindWorkloadEndpoint},
-		Metadata: api.ObjectMeta{Name: handle},
-		Spec: api.WorkloadEndpointSpec{
-			Node: a.cfg.NodeName, Namespace: ep.Namespace, Pod: ep.Pod, ContainerID: ep.ContainerID, IfName: ep.IfName,
-			Handle: handle, HostIface: ep.HostIface, Addresses: hostPrefixes(addrs), MAC: ep.MAC, Netns: ep.Netns,
-		},
-	}
-	b, err := datastore.Encode(w)
-	if err != nil {
+	if err := a.recordEndpoint(ctx, handle, ep, addrs); err != nil {
 		return nil, err
 	}
-	key := datastore.WorkloadKey(a.cfg.NodeName, handle)
-	rev, err := a.store.Txn(ctx, datastore.Put(key, b, datastore.AnyRevision))
-	if err != nil {
-		return nil, fmt.Errorf("record endpoint %s: %w", handle, err)
-	}
-	a.touch(handle)
-	a.planMu.Lock() // see Agent.planMu: no stale Apply may follow this
-	a.mu.Lock()
-	a.cache.apply(datastore.Event{Type: datastore.EventPut, KV: datastore.KV{Key: key, Value: b, Revision: rev}}, rev)
-	a.mu.Unlock()
-	a.planMu.Unlock()
-	a.markDirty(reasonLocal)
-	a.log.Info("recorded pod endpoint", "handle", handle, "iface", ep.HostIface, "addresses", w.Spec.Addresses)
-	return endpointFrom(w), nil
+	ep.Handle, ep.Addresses = handle, hostPrefixes(addrs)
+	return &ep, nil
 }
 
 func (a *Agent) getEndpoint(ctx context.Context, r *http.Request) (any, error) {
@@ -522,6 +825,10 @@ func (a *Agent) deleteEndpoint(ctx context.Context, r *http.Request) (any, error
 		return nil, invalid("handle %q is the node's tunnel address handle", handle)
 	}
 	defer a.begin(handle)()
+	// A record still being written would outlive the delete.
+	if _, err := a.awaitRecord(ctx, handle); err != nil && ctx.Err() != nil {
+		return nil, err
+	}
 	// The route goes before the address is freed for reuse.
 	deleted, err := a.deleteRecord(ctx, handle)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"twill.dev/twill/agentapi"
 	"twill.dev/twill/api"
 	"twill.dev/twill/datastore"
+	"twill.dev/twill/internal/nettest"
 	"twill.dev/twill/ipam"
 	"twill.dev/twill/plan"
 )
@@ -169,16 +170,10 @@ func TestPoolExhaustionAndStatus(t *testing.T) {
 	if len(got) != 3 || apiCode(lastErr) != agentapi.CodePoolExhausted {
 		t.Errorf("allocated %v then %v; want three addresses, then pool-exhausted", got, lastErr)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if st, err = h.client.Status(ctx); err == nil && !st.PoolHasRoom {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if st.PoolHasRoom {
-		t.Errorf("status still says the pool has room after exhaustion")
-	}
+	nettest.Eventually(t, 5*time.Second, time.Millisecond, "status says the pool is full after exhaustion", func() (bool, string) {
+		st, err := h.client.Status(ctx)
+		return err == nil && !st.PoolHasRoom, fmt.Sprintf("status %+v, %v", st, err)
+	})
 }
 
 func TestPutEndpointValidation(t *testing.T) {
@@ -288,18 +283,10 @@ func TestNotReadyUntilRegistered(t *testing.T) {
 			return HostAddress{Prefix: netip.MustParsePrefix("192.168.3.241/24"), Interface: "eth0", MTU: 1500}, nil
 		}
 	})
-	a, err := New(h.store, h.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.agent = a
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	h.done = make(chan error, 1)
-	go func() { h.done <- a.Run(ctx) }()
-	t.Cleanup(h.stop)
+	a := h.run(h.store)
 
 	var st agentapi.Status
+	var err error
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if st, err = h.client.Status(context.Background()); err == nil && strings.Contains(st.Reason, "no address yet") {

@@ -7,6 +7,8 @@
 // Endpoints (all bodies JSON):
 //
 //	POST   /v1/allocate          AllocateRequest → AllocateResponse
+//	                             (optionally recording the endpoint too)
+//	POST   /v1/sync              SyncRequest → Endpoint, once recorded
 //	PUT    /v1/endpoints/{handle} Endpoint → Endpoint (as stored)
 //	GET    /v1/endpoints/{handle} → EndpointStatus
 //	DELETE /v1/endpoints/{handle} → DeleteResponse (missing = success)
@@ -32,6 +34,7 @@ const (
 	EndpointsPath = "/v1/endpoints/"
 	StatusPath    = "/v1/status"
 	GCPath        = "/v1/gc"
+	SyncPath      = "/v1/sync"
 )
 
 // Error codes carried by Error.Code.
@@ -87,6 +90,20 @@ type AllocateRequest struct {
 	Pod       string `json:"pod,omitempty"`
 	// IP optionally requests a specific address (no prefix length).
 	IP string `json:"ip,omitempty"`
+	// Record, when set, asks the agent to record the pod's endpoint too, as
+	// PUT /v1/endpoints/{handle} would with Record as its body: the
+	// addresses are the handle's (Record.Addresses is ignored), and empty
+	// ContainerID, IfName, Namespace and Pod are taken from the request.
+	// The agent writes the record after its answer, which then says
+	// Recording, so that the plugin plumbs the veth meanwhile; the plugin
+	// calls Sync before it adds the pod's route, and Sync reports the
+	// outcome. When recording fails, the agent undoes an allocation this
+	// request made (record and addresses), so that a failed request leaves
+	// nothing behind. It takes the record off the ADD's critical path and
+	// saves the agent a read of the allocation. An agent that predates
+	// Record ignores it and does not say Recording: the plugin then PUTs
+	// the endpoint itself.
+	Record *Endpoint `json:"record,omitempty"`
 }
 
 // AllocateResponse carries the allocated addresses and the MTUs to use.
@@ -105,6 +122,18 @@ type AllocateResponse struct {
 	TunnelMTU int `json:"tunnelMTU,omitempty"`
 	// Gateway is the address pods route through (169.254.1.1, proxy ARP).
 	Gateway string `json:"gateway,omitempty"`
+	// Recording reports that the agent is recording the endpoint of
+	// AllocateRequest.Record with the addresses above; Sync waits for it.
+	Recording bool `json:"recording,omitempty"`
+}
+
+// SyncRequest names the handle whose endpoint, recorded after an allocate
+// answer (AllocateResponse.Recording), to wait for. POST /v1/sync answers
+// with the Endpoint as stored once it is recorded (and no reconcile that
+// planned without it is still running), or with the error that kept it
+// from being recorded.
+type SyncRequest struct {
+	Handle string `json:"handle"`
 }
 
 // Endpoint describes a plumbed pod interface, as PUT to

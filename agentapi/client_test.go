@@ -1,12 +1,15 @@
 package agentapi
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -121,5 +124,130 @@ func TestClientTimeout(t *testing.T) {
 func TestHandleID(t *testing.T) {
 	if got := HandleID("0123abcd", "eth0"); got != "0123abcd.eth0" {
 		t.Errorf("HandleID = %q", got)
+	}
+}
+
+// TestClientChunkedResponse: the agent's server sends bodies over 2 KB in
+// chunked coding; the client must reassemble them.
+func TestClientChunkedResponse(t *testing.T) {
+	var released []string
+	for i := range 500 {
+		released = append(released, HandleID(strings.Repeat("c", 40)+string(rune('a'+i%26)), "eth0"))
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/gc", func(w http.ResponseWriter, r *http.Request) {
+		var req GCRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.ValidAttachments) != 1 {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		json.NewEncoder(w).Encode(GCResponse{Released: released})
+	})
+	sock := serve(t, mux)
+	// Check that the server really chunks a body of this size.
+	raw := func() string {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		body := `{"validAttachments":[{"containerID":"a","ifName":"b"}]}`
+		c.Write([]byte("POST /v1/gc HTTP/1.1\r\nHost: x\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}()
+	if !strings.Contains(strings.ToLower(raw), "transfer-encoding: chunked") {
+		t.Fatalf("the test server did not chunk the response; the test proves nothing:\n%.300s", raw)
+	}
+	c := NewClient(sock, 5*time.Second)
+	resp, err := c.GC(context.Background(), GCRequest{ValidAttachments: []Attachment{{ContainerID: "a", IfName: "b"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Released) != len(released) || resp.Released[499] != released[499] {
+		t.Errorf("got %d handles (last %q), want %d (last %q))", len(resp.Released), resp.Released[len(resp.Released)-1], len(released), released[499])
+	}
+}
+
+// rawServer answers every connection on a unix socket with reply, after
+// reading the request's headers.
+func rawServer(t *testing.T, reply string) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "raw.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil || line == "\r\n" {
+						break
+					}
+				}
+				c.Write([]byte(reply))
+			}()
+		}
+	}()
+	return sock
+}
+
+func TestClientResponseFraming(t *testing.T) {
+	for _, tc := range []struct {
+		name, reply string
+		wantNode    string
+		wantErr     bool
+	}{
+		{"close-delimited", "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"ready\":true,\"node\":\"n1\"}", "n1", false},
+		{"continue first", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 26\r\n\r\n{\"ready\":true,\"node\":\"n2\"}", "n2", false},
+		{"chunk extensions and trailers", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\n{\"nod\r\n10\r\ne\":\"n3\",\"ready\":\r\n5\r\ntrue}\r\n0\r\nX-Trailer: 1\r\n\r\n", "n3", false},
+		{"not HTTP", "SSH-2.0-OpenSSH\r\n\r\n", "", true},
+		{"truncated body", "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"ready\":", "", true},
+		{"bad chunk size", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewClient(rawServer(t, tc.reply), 5*time.Second)
+			st, err := c.Status(context.Background())
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("Status = %+v, want an error", st)
+				}
+				if errors.Is(err, ErrAgentUnreachable) {
+					t.Errorf("a bad response counted as unreachable: %v", err)
+				}
+				return
+			}
+			if err != nil || !st.Ready || st.Node != tc.wantNode {
+				t.Errorf("Status = %+v, %v; want ready on %s", st, err, tc.wantNode)
+			}
+		})
+	}
+}
+
+func TestClientCancel(t *testing.T) {
+	block := make(chan struct{})
+	t.Cleanup(func() { close(block) })
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-block:
+		case <-r.Context().Done():
+		}
+	})
+	c := NewClient(serve(t, mux), 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(20*time.Millisecond, cancel)
+	_, err := c.Status(ctx)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want context.Canceled", err)
 	}
 }

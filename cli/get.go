@@ -74,67 +74,48 @@ func newGetCmd(g *globals) *cobra.Command {
 }
 
 func getResources(ctx context.Context, s datastore.Store, w io.Writer, res, name, output string) error {
+	single := name != ""
 	switch res {
 	case "ippools":
 		objs, err := listOrGet[api.IPPool](ctx, s, datastore.PoolsPrefix, datastore.PoolKey(name), name, "IPPool")
 		if err != nil {
 			return err
 		}
-		items := make([]api.IPPool, len(objs))
-		for i, o := range objs {
-			items[i] = o.Value
-			items[i].Metadata.ResourceVersion = strconv.FormatInt(o.Revision, 10)
-		}
-		if output == "yaml" || output == "json" {
-			return printStructured(w, output, items, name != "")
-		}
-		tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
-		if output == "wide" {
-			fmt.Fprintln(tw, "NAME\tCIDR\tBLOCKSIZE\tVXLANMODE\tIPIPMODE\tNATOUTGOING\tDISABLED\tALLOWEDUSES\tSELECTOR")
-		} else {
-			fmt.Fprintln(tw, "NAME\tCIDR\tVXLANMODE\tNATOUTGOING\tSELECTOR")
-		}
-		for _, p := range items {
-			sp := p.Spec
-			if output == "wide" {
+		items := objectValues(objs, func(p *api.IPPool, rv string) { p.Metadata.ResourceVersion = rv })
+		return printResources(w, output, items, single, table[api.IPPool]{
+			header: "NAME\tCIDR\tVXLANMODE\tNATOUTGOING\tSELECTOR",
+			row: func(p api.IPPool) string {
+				sp := p.Spec
+				return fmt.Sprintf("%s\t%s\t%s\t%t\t%s", p.Metadata.Name, sp.CIDR, sp.VXLANMode, sp.NATOutgoing, sp.NodeSelector)
+			},
+			wideHeader: "NAME\tCIDR\tBLOCKSIZE\tVXLANMODE\tIPIPMODE\tNATOUTGOING\tDISABLED\tALLOWEDUSES\tSELECTOR",
+			wideRow: func(p api.IPPool) string {
+				sp := p.Spec
 				uses := make([]string, len(sp.AllowedUses))
 				for i, u := range sp.AllowedUses {
 					uses[i] = string(u)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%t\t%t\t%s\t%s\n", p.Metadata.Name, sp.CIDR, sp.BlockSize, sp.VXLANMode, sp.IPIPMode, sp.NATOutgoing, sp.Disabled, strings.Join(uses, ","), sp.NodeSelector)
-			} else {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\n", p.Metadata.Name, sp.CIDR, sp.VXLANMode, sp.NATOutgoing, sp.NodeSelector)
-			}
-		}
-		return tw.Flush()
+				return fmt.Sprintf("%s\t%s\t%d\t%s\t%s\t%t\t%t\t%s\t%s", p.Metadata.Name, sp.CIDR, sp.BlockSize, sp.VXLANMode, sp.IPIPMode, sp.NATOutgoing, sp.Disabled, strings.Join(uses, ","), sp.NodeSelector)
+			},
+		})
 	case "nodes":
 		objs, err := listOrGet[api.Node](ctx, s, datastore.NodesPrefix, datastore.NodeKey(name), name, "Node")
 		if err != nil {
 			return err
 		}
-		items := make([]api.Node, len(objs))
-		for i, o := range objs {
-			items[i] = o.Value
-			items[i].Metadata.ResourceVersion = strconv.FormatInt(o.Revision, 10)
-		}
-		if output == "yaml" || output == "json" {
-			return printStructured(w, output, items, name != "")
-		}
-		tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
-		if output == "wide" {
-			fmt.Fprintln(tw, "NAME\tADDRESS\tTUNNEL\tVTEPMAC\tINTERFACE\tMTU\tLABELS")
-		} else {
-			fmt.Fprintln(tw, "NAME\tADDRESS\tTUNNEL\tVTEPMAC")
-		}
-		for _, n := range items {
-			sp := n.Spec
-			if output == "wide" {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.Metadata.Name, sp.Address, dash(sp.TunnelAddress), dash(sp.VTEPMAC), dash(sp.Interface), sp.MTU, formatLabels(n.Metadata.Labels))
-			} else {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Metadata.Name, sp.Address, dash(sp.TunnelAddress), dash(sp.VTEPMAC))
-			}
-		}
-		return tw.Flush()
+		items := objectValues(objs, func(n *api.Node, rv string) { n.Metadata.ResourceVersion = rv })
+		return printResources(w, output, items, single, table[api.Node]{
+			header: "NAME\tADDRESS\tTUNNEL\tVTEPMAC",
+			row: func(n api.Node) string {
+				sp := n.Spec
+				return fmt.Sprintf("%s\t%s\t%s\t%s", n.Metadata.Name, sp.Address, dash(sp.TunnelAddress), dash(sp.VTEPMAC))
+			},
+			wideHeader: "NAME\tADDRESS\tTUNNEL\tVTEPMAC\tINTERFACE\tMTU\tLABELS",
+			wideRow: func(n api.Node) string {
+				sp := n.Spec
+				return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%d\t%s", n.Metadata.Name, sp.Address, dash(sp.TunnelAddress), dash(sp.VTEPMAC), dash(sp.Interface), sp.MTU, formatLabels(n.Metadata.Labels))
+			},
+		})
 	case "blocks":
 		key := ""
 		if name != "" {
@@ -148,36 +129,65 @@ func getResources(ctx context.Context, s datastore.Store, w io.Writer, res, name
 		if err != nil {
 			return err
 		}
-		items := make([]api.Block, len(objs))
-		for i, o := range objs {
-			items[i] = o.Value
-		}
+		items := objectValues(objs, nil)
 		sortBlocks(items)
-		if output == "yaml" || output == "json" {
-			return printStructured(w, output, items, name != "")
-		}
-		tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
-		if output == "wide" {
-			fmt.Fprintln(tw, "CIDR\tAFFINITY\tPINNED\tUSED\tFREE\tHANDLES")
-		} else {
-			fmt.Fprintln(tw, "CIDR\tAFFINITY\tUSED\tFREE")
-		}
-		for _, b := range items {
-			size := blockSize(b)
-			used := len(b.Allocations)
-			if output == "wide" {
+		return printResources(w, output, items, single, table[api.Block]{
+			header: "CIDR\tAFFINITY\tUSED\tFREE",
+			row: func(b api.Block) string {
+				used := len(b.Allocations)
+				return fmt.Sprintf("%s\t%s\t%d\t%d", b.CIDR, dash(b.Affinity), used, blockSize(b)-used)
+			},
+			wideHeader: "CIDR\tAFFINITY\tPINNED\tUSED\tFREE\tHANDLES",
+			wideRow: func(b api.Block) string {
+				used := len(b.Allocations)
 				var hs []string
 				for _, a := range b.Allocations {
 					hs = append(hs, a.Handle)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%t\t%d\t%d\t%s\n", b.CIDR, dash(b.Affinity), b.Pinned, used, size-used, dash(strings.Join(hs, ",")))
-			} else {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", b.CIDR, dash(b.Affinity), used, size-used)
-			}
-		}
-		return tw.Flush()
+				return fmt.Sprintf("%s\t%s\t%t\t%d\t%d\t%s", b.CIDR, dash(b.Affinity), b.Pinned, used, blockSize(b)-used, dash(strings.Join(hs, ",")))
+			},
+		})
 	}
 	return fmt.Errorf("unknown resource %q", res)
+}
+
+// objectValues returns the objects' values; setRV, when not nil, records
+// each object's revision as its resourceVersion.
+func objectValues[T any](objs []datastore.Object[T], setRV func(*T, string)) []T {
+	items := make([]T, len(objs))
+	for i, o := range objs {
+		items[i] = o.Value
+		if setRV != nil {
+			setRV(&items[i], strconv.FormatInt(o.Revision, 10))
+		}
+	}
+	return items
+}
+
+// table is how `get` prints one kind of resource as a table: a header and
+// a row for each item, narrow by default and wide for -o wide. Cells are
+// separated by tabs.
+type table[T any] struct {
+	header, wideHeader string
+	row, wideRow       func(T) string
+}
+
+// printResources prints items as YAML or JSON (output "yaml" or "json";
+// single prints one item bare instead of a List) or as t's table.
+func printResources[T any](w io.Writer, output string, items []T, single bool, t table[T]) error {
+	if output == "yaml" || output == "json" {
+		return printStructured(w, output, items, single)
+	}
+	header, row := t.header, t.row
+	if output == "wide" {
+		header, row = t.wideHeader, t.wideRow
+	}
+	tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, it := range items {
+		fmt.Fprintln(tw, row(it))
+	}
+	return tw.Flush()
 }
 
 func listOrGet[T any](ctx context.Context, s datastore.Store, prefix, key, name, kind string) ([]datastore.Object[T], error) {

@@ -86,7 +86,9 @@ func parseLogLevel(s string) (slog.Level, error) {
 
 func newNodeRunCmd(g *globals) *cobra.Command {
 	var envErrs []error
-	cfg := agent.Config{}
+	// The soft memory limit is the agent's (docs/benchmarks.md, scale);
+	// GOMEMLIMIT overrides it.
+	cfg := agent.Config{MemoryLimit: agent.DefaultMemoryLimit}
 	var logLevel string
 	run := &cobra.Command{
 		Use:   "run [--name NAME] [--ip ADDR[/LEN] | --ip-autodetection-method METHOD] [--netns PATH] [--socket PATH]",

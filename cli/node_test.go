@@ -3,8 +3,6 @@ package cli_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +17,7 @@ import (
 	"time"
 
 	"twill.dev/twill/datastore/etcdtest"
+	"twill.dev/twill/internal/nettest"
 )
 
 func TestNodeRunUsageErrors(t *testing.T) {
@@ -44,25 +43,6 @@ func TestNodeRunUsageErrors(t *testing.T) {
 			t.Errorf("twill %v: stderr does not mention %q:\n%s", tc.args, tc.want, r.stderr)
 		}
 	}
-}
-
-// requirePrivileged skips unless the test runs as root with the ip tool;
-// under CI=true it fails instead.
-func requirePrivileged(t *testing.T) {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root to create a network namespace"
-	} else if _, err := exec.LookPath("ip"); err != nil {
-		why = "needs the ip tool (iproute2)"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s; CI=true requires this test to run", why)
-	}
-	t.Skip(why)
 }
 
 func ip(t *testing.T, args ...string) string {
@@ -99,16 +79,15 @@ func httpGet(url string) (int, string, error) {
 // one node, checks health, metrics and the kernel, and stops it with
 // SIGTERM.
 func TestNodeRunInNamespace(t *testing.T) {
-	requirePrivileged(t)
-	suffix := make([]byte, 3)
-	rand.Read(suffix)
-	ns := "twcli-" + hex.EncodeToString(suffix)
-	ip(t, "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	ip(t, "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "twpeer0")
-	ip(t, "-n", ns, "addr", "add", "192.168.3.241/24", "dev", "eth0")
-	ip(t, "-n", ns, "link", "set", "eth0", "up")
-	ip(t, "-n", ns, "link", "set", "twpeer0", "up")
+	nettest.RequireRoot(t, "ip")
+	nsh := nettest.New(t, "cli")
+	ns := nsh.Name
+	if err := nsh.Veth("eth0", nsh, "twpeer0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := nsh.AddrAdd("eth0", "192.168.3.241/24"); err != nil {
+		t.Fatal(err)
+	}
 
 	ep := etcdtest.Start(t)
 	sock := filepath.Join(t.TempDir(), "run", "agent.sock")
@@ -116,7 +95,7 @@ func TestNodeRunInNamespace(t *testing.T) {
 	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, twillBin, "node", "run", "--name", "k8s-master1", "--netns", "/var/run/netns/"+ns,
+	cmd := exec.CommandContext(ctx, twillBin, "node", "run", "--name", "k8s-master1", "--netns", nsh.Path,
 		"--socket", sock, "--health-addr", health, "--metrics-addr", metrics)
 	cmd.Env = append(os.Environ(), "TWILL_ETCD_ENDPOINTS="+ep,
 		"CALICO_IPV4POOL_CIDR=172.16.0.0/16", "CALICO_IPV4POOL_VXLAN=CrossSubnet", "CALICO_IPV4POOL_IPIP=Never")
@@ -134,17 +113,10 @@ func TestNodeRunInNamespace(t *testing.T) {
 		}
 	}()
 
-	ready := false
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && !ready; {
-		code, _, _ := httpGet("http://" + health + "/readyz")
-		ready = code == http.StatusOK
-		if !ready {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	if !ready {
-		t.Fatalf("/readyz never answered 200")
-	}
+	nettest.Eventually(t, 20*time.Second, 20*time.Millisecond, "/readyz answers 200", func() (bool, string) {
+		code, body, err := httpGet("http://" + health + "/readyz")
+		return code == http.StatusOK, fmt.Sprintf("%d %q, %v", code, body, err)
+	})
 	if code, body, err := httpGet("http://" + health + "/healthz"); err != nil || code != http.StatusOK {
 		t.Errorf("/healthz = %d %q, %v", code, body, err)
 	}

@@ -2,8 +2,6 @@ package cli_test
 
 import (
 	"context"
-	"crypto/sha1"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -26,53 +24,17 @@ import (
 	"twill.dev/twill/datastore/etcd"
 	"twill.dev/twill/datastore/etcdtest"
 	"twill.dev/twill/explain"
+	"twill.dev/twill/internal/nettest"
+	"twill.dev/twill/internal/seedtest"
 	"twill.dev/twill/ipam"
 	"twill.dev/twill/lab"
 	"twill.dev/twill/plan"
 )
 
-// seedFile is the seed cluster as data.
-const seedFile = "../plan/testdata/seed-cluster.yaml"
-
-// seedData is the part of the seed file these tests use.
-type seedData struct {
-	Nodes []struct {
-		Name    string   `json:"name"`
-		Address string   `json:"address"`
-		Block   string   `json:"block"`
-		Pods    []string `json:"pods"`
-	} `json:"nodes"`
-	Observed struct {
-		VTEPs map[string]struct {
-			MAC string `json:"mac"`
-		} `json:"vteps"`
-		RouteN map[string]string `json:"route_n"`
-	} `json:"observed"`
-}
-
-func readSeed(t *testing.T) *seedData {
-	t.Helper()
-	b, err := os.ReadFile(seedFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s seedData
-	if err := yaml.Unmarshal(b, &s); err != nil {
-		t.Fatalf("parse %s: %v", seedFile, err)
-	}
-	if len(s.Nodes) != 4 || len(s.Observed.RouteN) != 4 {
-		t.Fatalf("seed parsed to %d nodes and %d route tables, want 4 and 4", len(s.Nodes), len(s.Observed.RouteN))
-	}
-	return &s
-}
-
-// seedPodName names a seed node's i-th pod (from 0).
-func seedPodName(node string, i int) string { return fmt.Sprintf("%s-pod-%d", node, i) }
-
-// seedCaliName is the reference's host-side veth name of pod default/<pod>.
+// seedCaliName is the reference's host-side veth name of a seed node's
+// i-th pod.
 func seedCaliName(node string, i int) string {
-	sum := sha1.Sum([]byte("default." + seedPodName(node, i)))
-	return "cali" + hex.EncodeToString(sum[:])[:11]
+	return seedtest.CaliName(seedtest.PodName(node, i))
 }
 
 // writeSeed fills the datastore at ep the way agents and the CNI plugin
@@ -81,7 +43,7 @@ func seedCaliName(node string, i int) string {
 // first address as tunnel address, each node's block pinned, the tunnel
 // and pod addresses allocated, and a workload endpoint per pod whose host
 // veth is named by vethName.
-func writeSeed(t *testing.T, ep string, s *seedData, iface string, vethName func(node string, i int) string) {
+func writeSeed(t *testing.T, ep string, s *seedtest.Cluster, iface string, vethName func(node string, i int) string) {
 	t.Helper()
 	mustSucceed(t, twill(t, ep, seedPool, "apply", "-f", "-"))
 	st := etcdtest.Connect(t, ep, etcd.Config{})
@@ -103,7 +65,7 @@ func writeSeed(t *testing.T, ep string, s *seedData, iface string, vethName func
 			t.Fatal(err)
 		}
 		for i, ip := range n.Pods {
-			pod := seedPodName(n.Name, i)
+			pod := seedtest.PodName(n.Name, i)
 			handle := "c-" + pod + ".eth0"
 			attrs := map[string]string{api.AttrNamespace: "default", api.AttrPod: pod}
 			if _, err := m.Allocate(ctx, ipam.AllocateRequest{Handle: handle, Node: n.Name, IP: netip.MustParseAddr(ip), Attrs: attrs}); err != nil {
@@ -134,7 +96,7 @@ var caliRE = regexp.MustCompile(`cali[0-9a-f]{11}`)
 
 // podNetworkLines returns the seed's `route -n` lines that are the pod
 // network's (172.16.0.0/16), with cali names normalised.
-func podNetworkLines(s *seedData, node string) []string {
+func podNetworkLines(s *seedtest.Cluster, node string) []string {
 	var out []string
 	for _, l := range strings.Split(strings.TrimRight(s.Observed.RouteN[node], "\n"), "\n") {
 		if strings.HasPrefix(l, "172.16.") {
@@ -145,7 +107,7 @@ func podNetworkLines(s *seedData, node string) []string {
 }
 
 func TestRoutesMatchSeed(t *testing.T) {
-	s := readSeed(t)
+	s := seedtest.Load(t)
 	ep := etcdtest.Start(t)
 	writeSeed(t, ep, s, "eth0", seedCaliName)
 
@@ -218,7 +180,7 @@ func TestRoutesMatchSeed(t *testing.T) {
 }
 
 func TestExplainCommand(t *testing.T) {
-	s := readSeed(t)
+	s := seedtest.Load(t)
 	ep := etcdtest.Start(t)
 	writeSeed(t, ep, s, "eth0", seedCaliName)
 	noLab := t.TempDir() // no lab is up here: the nodes' kernels are unknown
@@ -265,25 +227,6 @@ func TestExplainCommand(t *testing.T) {
 	}
 }
 
-// needNetns skips (or fails under CI=true) when the test cannot create
-// network namespaces.
-func needNetns(t *testing.T) {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root to create network namespaces"
-	} else if _, err := exec.LookPath("ip"); err != nil {
-		why = "needs iproute2's ip"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal(why)
-	}
-	t.Skip(why)
-}
-
 // ipIn runs `ip -n ns args`.
 func ipIn(t *testing.T, ns string, args ...string) {
 	t.Helper()
@@ -313,8 +256,8 @@ func nftIn(t *testing.T, path string) *nftables.Conn {
 // Twill's protocol, and checks that `routes --live` and `explain --live`
 // mark them, then that a deleted firewall table shows as missing.
 func TestRoutesLive(t *testing.T) {
-	needNetns(t)
-	s := readSeed(t)
+	nettest.RequireRoot(t, "ip")
+	s := seedtest.Load(t)
 	ep := etcdtest.Start(t)
 	veth := func(node string, i int) string { return fmt.Sprintf("twcali%d", i) }
 	writeSeed(t, ep, s, "tweth0", veth)
@@ -322,26 +265,19 @@ func TestRoutesLive(t *testing.T) {
 	// The namespace is laid out as a lab's node k8s-master1 (prefix
 	// "tw" + 6 hex digits), so that a lab state file can point at it.
 	prefix := fmt.Sprintf("tw%06x", rand.Uint32()&0xffffff)
-	ns := prefix + "-k8s-master1"
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", ns, err, out)
+	nsh := nettest.Named(t, prefix+"-k8s-master1")
+	ns, path := nsh.Name, nsh.Path
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
-	path := "/var/run/netns/" + ns
-	ipIn(t, ns, "link", "set", "lo", "up")
-	ipIn(t, ns, "link", "add", "tweth0", "type", "veth", "peer", "name", "tweth0p")
-	ipIn(t, ns, "addr", "add", "192.168.3.241/24", "dev", "tweth0")
-	ipIn(t, ns, "link", "set", "tweth0", "up")
-	ipIn(t, ns, "link", "set", "tweth0p", "up")
+	}
+	must(nsh.Veth("tweth0", nsh, "tweth0p"))
+	must(nsh.AddrAdd("tweth0", "192.168.3.241/24"))
 	for i := range s.Nodes[0].Pods {
 		name := veth("k8s-master1", i)
-		ipIn(t, ns, "link", "add", name, "type", "veth", "peer", "name", name+"p")
-		ipIn(t, ns, "link", "set", name, "up")
-		ipIn(t, ns, "link", "set", name+"p", "up")
+		must(nsh.Veth(name, nsh, name+"p"))
 	}
 
 	// The plan as `twill routes -o yaml` prints it, applied as the agent would.
@@ -384,8 +320,9 @@ func TestRoutesLive(t *testing.T) {
 	fwWant := strings.Join([]string{
 		"Firewall (nft table inet twill):",
 		"  table inet twill",
-		"  chain input",
+		"  chain output",
 		"  chain postrouting",
+		"  chain prerouting",
 		"  counter vxlan-dropped",
 		"  set all-pools",
 		"  set nat-pools",
@@ -454,7 +391,7 @@ func TestRoutesLive(t *testing.T) {
 		t.Fatalf("delete table inet twill: %v", err)
 	}
 	out = live()
-	for _, w := range []string{"\n- table inet twill  # missing\n", "\n- chain input  # missing\n", "\n- counter vxlan-dropped  # missing\n",
+	for _, w := range []string{"\n- table inet twill  # missing\n", "\n- chain prerouting  # missing\n", "\n- counter vxlan-dropped  # missing\n",
 		"\nFirewall set nat-pools:\n- 172.16.0.0/16  # missing\n", "\n- 192.168.32.105  # missing\n"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("without the table, routes --live lacks %q:\n%s", w, out)
@@ -463,8 +400,8 @@ func TestRoutesLive(t *testing.T) {
 	if strings.Contains(out, "counter vxlan-dropped: ") {
 		t.Errorf("counter values shown without a table:\n%s", out)
 	}
-	// 1 route, table, 2 chains, 3 sets, counter, 2 pools, 3 peers.
-	if !strings.Contains(out, "\nlive: 13 missing, 1 extra, 0 different\n") {
+	// 1 route, table, 3 chains, 3 sets, counter, 2 pools, 3 peers.
+	if !strings.Contains(out, "\nlive: 14 missing, 1 extra, 0 different\n") {
 		t.Errorf("summary without the table:\n%s", out)
 	}
 

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -30,6 +29,7 @@ import (
 	"twill.dev/twill/agentapi"
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/datastore/etcdtest"
+	"twill.dev/twill/internal/nettest"
 	"twill.dev/twill/ipam"
 )
 
@@ -41,67 +41,12 @@ const (
 	podNSNS  = "twtest" // the Kubernetes namespace of test pods
 )
 
-// needPrivilege skips (or fails under CI=true) when the test cannot create
-// network namespaces.
-func needPrivilege(tb testing.TB) {
-	tb.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root to create network namespaces"
-	} else if _, err := exec.LookPath("ip"); err != nil {
-		why = "needs iproute2's ip"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		tb.Fatal(why)
-	}
-	tb.Skip(why)
-}
-
 // ipCmd runs ip with args and fails the test on error.
 func ipCmd(tb testing.TB, args ...string) {
 	tb.Helper()
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 		tb.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 	}
-}
-
-// newNetns creates a named network namespace (prefix tw) and deletes it
-// when the test ends, whatever happens.
-func newNetns(tb testing.TB, prefix string) (name, path string) {
-	tb.Helper()
-	name = fmt.Sprintf("%s-%08x", prefix, rand.Uint32())
-	ipCmd(tb, "netns", "add", name)
-	tb.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			tb.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	return name, "/var/run/netns/" + name
-}
-
-// inNetns runs f on an OS thread switched into the namespace at path. The
-// thread is never switched back: it ends with its goroutine. Processes f
-// starts (libcni's plugin executions) are born in that namespace.
-func inNetns(path string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		ns, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("enter %s: %w", path, err)
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
 }
 
 // nodeOpts shape a test node.
@@ -118,6 +63,7 @@ type nodeOpts struct {
 // libcni as a container runtime drives it.
 type testNode struct {
 	tb      testing.TB
+	ns      *nettest.NS
 	name    string
 	path    string
 	h       *netlink.Handle
@@ -154,7 +100,7 @@ func (l *lockedBuffer) String() string {
 
 func newNode(tb testing.TB, opts nodeOpts) *testNode {
 	tb.Helper()
-	needPrivilege(tb)
+	nettest.RequireRoot(tb, "ip")
 	bin := pluginBinary(tb)
 	if opts.poolCIDR == "" {
 		opts.poolCIDR = "10.244.0.0/16"
@@ -169,27 +115,19 @@ func newNode(tb testing.TB, opts nodeOpts) *testNode {
 		opts.logLevel = "debug"
 	}
 	n := &testNode{tb: tb, opts: opts, agentLog: &lockedBuffer{}}
-	n.name, n.path = newNetns(tb, "twcn")
-	ipCmd(tb, "-n", n.name, "link", "set", "lo", "up")
+	n.ns = nettest.New(tb, "cn")
+	n.name, n.path, n.h = n.ns.Name, n.ns.Path, n.ns.H
 	// eth0 is a veth whose peer stays in the node namespace (the sandbox's
 	// kernel may lack the dummy driver).
-	ipCmd(tb, "-n", n.name, "link", "add", "eth0", "mtu", fmt.Sprint(nodeMTU), "type", "veth", "peer", "name", "tweth0p", "mtu", fmt.Sprint(nodeMTU))
-	ipCmd(tb, "-n", n.name, "addr", "add", nodeAddr, "dev", "eth0")
-	ipCmd(tb, "-n", n.name, "link", "set", "eth0", "up")
-	ipCmd(tb, "-n", n.name, "link", "set", "tweth0p", "up")
+	if err := n.ns.VethMTU("eth0", n.ns, "tweth0p", nodeMTU); err != nil {
+		tb.Fatal(err)
+	}
+	if err := n.ns.AddrAdd("eth0", nodeAddr); err != nil {
+		tb.Fatal(err)
+	}
 	// Proxy ARP answers for 169.254.1.1 only when the node has a route to
 	// it through another interface, as a real node's default route is.
 	ipCmd(tb, "-n", n.name, "route", "add", "default", "dev", "eth0")
-	ns, err := netns.GetFromPath(n.path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	n.h, err = netlink.NewHandleAt(ns)
-	ns.Close()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(n.h.Close)
 
 	// A short socket path: unix socket paths are limited to 108 bytes.
 	sockDir, err := os.MkdirTemp("", "twcni-")
@@ -291,6 +229,7 @@ func (n *testNode) startAgent() {
 // testPod is a pod namespace and its runtime configuration.
 type testPod struct {
 	name   string // Kubernetes pod name
+	ns     *nettest.NS
 	nsName string
 	path   string
 	rt     *libcni.RuntimeConf
@@ -303,7 +242,8 @@ type testPod struct {
 func (n *testNode) newPod(tb testing.TB) *testPod {
 	tb.Helper()
 	p := &testPod{}
-	p.nsName, p.path = newNetns(tb, "twcp")
+	p.ns = nettest.New(tb, "cp")
+	p.nsName, p.path = p.ns.Name, p.ns.Path
 	p.name = "pod-" + strings.TrimPrefix(p.nsName, "twcp-")
 	id := fmt.Sprintf("twtest%016x", rand.Uint64())
 	p.rt = &libcni.RuntimeConf{
@@ -318,7 +258,7 @@ func (n *testNode) newPod(tb testing.TB) *testPod {
 // add runs ADD through libcni from the node namespace.
 func (n *testNode) add(p *testPod) (*current.Result, error) {
 	var res types.Result
-	err := inNetns(n.path, func() error {
+	err := nettest.InNetns(n.path, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		var err error
@@ -342,7 +282,7 @@ func (n *testNode) mustAdd(tb testing.TB, p *testPod) *current.Result {
 
 // do runs one of libcni's list operations from the node namespace.
 func (n *testNode) do(f func(ctx context.Context) error) error {
-	return inNetns(n.path, func() error {
+	return nettest.InNetns(n.path, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		return f(ctx)
@@ -454,7 +394,7 @@ func (n *testNode) assertGone(tb testing.TB, p *testPod) {
 // reply comes back (at most 3 requests, 1s apart).
 func ping(path string, dst netip.Addr) error {
 	var conn net.PacketConn
-	err := inNetns(path, func() error {
+	err := nettest.InNetns(path, func() error {
 		var err error
 		conn, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
 		return err
@@ -509,7 +449,7 @@ func icmpChecksum(b []byte) uint16 {
 func readSysctl(tb testing.TB, path, key string) string {
 	tb.Helper()
 	var v string
-	err := inNetns(path, func() error {
+	err := nettest.InNetns(path, func() error {
 		b, err := os.ReadFile("/proc/sys/" + strings.ReplaceAll(key, ".", "/"))
 		v = strings.TrimSpace(string(b))
 		return err

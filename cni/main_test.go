@@ -15,6 +15,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+
+	"twill.dev/twill/internal/depcheck"
 )
 
 // pluginDir holds the plugin binary, built once for these tests under its
@@ -53,22 +55,16 @@ func pluginBinary(t testing.TB) string {
 // TestPluginDeps keeps the plugin binary small and quick to start: it must
 // not link etcd, gRPC, the CLI or the agent.
 func TestPluginDeps(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", "twill.dev/twill/cmd/twill-cni").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v: %s", err, out)
-	}
-	forbidden := []string{"go.etcd.io/", "google.golang.org/grpc", "github.com/spf13/cobra", "github.com/prometheus/",
-		"twill.dev/twill/cli", "twill.dev/twill/datastore", "twill.dev/twill/ipam", "twill.dev/twill/dataplane", "twill.dev/twill/plan"}
-	deps := strings.Fields(string(out))
+	deps := depcheck.Deps(t, "twill.dev/twill/cmd/twill-cni")
 	for _, d := range deps {
 		if d == "twill.dev/twill/agent" {
 			t.Errorf("the plugin links the agent (%s)", d)
 		}
-		for _, f := range forbidden {
-			if strings.HasPrefix(d, f) {
-				t.Errorf("the plugin links %s", d)
-			}
-		}
+	}
+	forbidden := []string{"go.etcd.io/", "google.golang.org/grpc", "github.com/spf13/cobra", "github.com/prometheus/",
+		"twill.dev/twill/cli", "twill.dev/twill/datastore", "twill.dev/twill/ipam", "twill.dev/twill/dataplane", "twill.dev/twill/plan"}
+	for _, d := range depcheck.WithPrefix(deps, forbidden...) {
+		t.Errorf("the plugin links %s", d)
 	}
 	fi, err := os.Stat(pluginBinary(t))
 	if err != nil {

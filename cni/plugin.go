@@ -2,10 +2,12 @@
 // binary is cmd/twill-cni, which only calls Main), and its installer.
 //
 // The plugin is a thin client of the node agent: it asks the agent for the
-// pod's address over the agent's unix socket (package agentapi), plumbs the
-// pod's veth, and records the endpoint with the agent, which owns the pod's
-// /32 route from then on. It never talks to the datastore itself, so it
-// starts fast and links neither etcd nor the CLI.
+// pod's address over the agent's unix socket (package agentapi), in the
+// same request as the endpoint's record, which the agent writes while the
+// plugin plumbs the pod's veth; the agent owns the pod's /32 route from
+// then on. The plugin never talks to the datastore itself, so it starts
+// fast and links neither etcd nor the CLI (nor net/http: agentapi's client
+// speaks HTTP/1.1 on the socket itself).
 //
 // What ADD sets up, as Calico does:
 //

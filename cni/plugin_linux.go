@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -40,9 +41,10 @@ const dumpAttempts = 10
 
 // handles are the netlink handles of one command.
 type handles struct {
-	host  *netlink.Handle
-	pod   *netlink.Handle // nil when the pod namespace is gone
-	podNS netns.NsHandle  // -1 when the pod namespace is gone
+	host   *netlink.Handle
+	pod    *netlink.Handle // nil when the pod namespace is gone
+	podNS  netns.NsHandle  // -1 when the pod namespace is gone
+	nsPath string
 }
 
 func (h *handles) close() {
@@ -60,23 +62,44 @@ func (h *handles) close() {
 // openHandles opens the node's handle and, when nsPath can be opened, the
 // pod's.
 func openHandles(nsPath string) (*handles, error) {
-	h := &handles{podNS: netns.None()}
-	var err error
-	if h.host, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
-		return nil, fmt.Errorf("open a netlink socket in the node's namespace (the plugin needs CAP_NET_ADMIN): %w", err)
+	h, nsErr := openNS(nsPath)
+	if err := h.dial(); err != nil {
+		return nil, err
 	}
+	return h, nsErr
+}
+
+// openNS opens the pod namespace at nsPath, if any; a namespace that cannot
+// be opened is an *nsError, with handles that have none.
+func openNS(nsPath string) (*handles, error) {
+	h := &handles{podNS: netns.None(), nsPath: nsPath}
 	if nsPath == "" {
 		return h, nil
 	}
-	if h.podNS, err = netns.GetFromPath(nsPath); err != nil {
-		h.podNS = netns.None()
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
 		return h, &nsError{path: nsPath, err: err}
+	}
+	h.podNS = ns
+	return h, nil
+}
+
+// dial opens the netlink handles: the node's, and the pod's when its
+// namespace is open. On failure it closes everything.
+func (h *handles) dial() error {
+	var err error
+	if h.host, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+		h.close()
+		return fmt.Errorf("open a netlink socket in the node's namespace (the plugin needs CAP_NET_ADMIN): %w", err)
+	}
+	if !h.podNS.IsOpen() {
+		return nil
 	}
 	if h.pod, err = netlink.NewHandleAt(h.podNS, unix.NETLINK_ROUTE); err != nil {
 		h.close()
-		return nil, fmt.Errorf("open a netlink socket in the pod namespace %s: %w", nsPath, err)
+		return fmt.Errorf("open a netlink socket in the pod namespace %s: %w", h.nsPath, err)
 	}
-	return h, nil
+	return nil
 }
 
 // nsError reports a pod namespace that cannot be opened.
@@ -112,12 +135,42 @@ func hostNet(a netip.Addr) *net.IPNet {
 }
 
 // setSysctl writes value to /proc/sys/<key with dots as slashes>; it runs
-// in the plugin's (the node's) namespace.
+// in the plugin's (the node's) namespace. It uses the system calls
+// directly: three per key, where os.WriteFile adds the poller's.
 func setSysctl(path, value string) error {
-	if err := os.WriteFile("/proc/sys/"+path, []byte(value), 0o644); err != nil {
+	fail := func(err error) error {
 		return fmt.Errorf("set %s=%s: %w", strings.ReplaceAll(path, "/", "."), value, err)
 	}
+	var fd int
+	err := retryEINTR(func() (err error) {
+		fd, err = unix.Open("/proc/sys/"+path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return fail(&os.PathError{Op: "open", Path: "/proc/sys/" + path, Err: err})
+	}
+	defer unix.Close(fd)
+	var n int
+	err = retryEINTR(func() (err error) {
+		n, err = unix.Write(fd, []byte(value))
+		return err
+	})
+	if err == nil && n != len(value) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		return fail(&os.PathError{Op: "write", Path: "/proc/sys/" + path, Err: err})
+	}
 	return nil
+}
+
+// retryEINTR runs f again while it fails with EINTR.
+func retryEINTR(f func() error) error {
+	for {
+		if err := f(); !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
 }
 
 func cmdAdd(args *skel.CmdArgs) error {
@@ -131,29 +184,63 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	h, err := openHandles(args.Netns)
+	h, err := openNS(args.Netns)
 	if err != nil {
-		if h != nil {
-			h.close()
-			return types.NewError(CodeInvalidNetNS, err.Error(), "")
-		}
+		return types.NewError(CodeInvalidNetNS, err.Error(), "")
+	}
+	podMAC, err := randomMAC()
+	if err != nil {
+		h.close()
 		return internal(err)
 	}
-	defer h.close()
 
+	// The endpoint is recorded with the allocation, in one request: the
+	// agent treats the pod's route as pending until the veth is up, and
+	// owns it from then on.
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
+	ep := agentapi.Endpoint{
+		ContainerID: args.ContainerID, IfName: args.IfName,
+		Namespace: string(inv.k8s.K8S_POD_NAMESPACE), Pod: string(inv.k8s.K8S_POD_NAME),
+		HostIface: inv.hostVeth, MAC: podMAC.String(), Netns: args.Netns,
+	}
 	req := agentapi.AllocateRequest{
 		Handle: inv.handle, ContainerID: args.ContainerID, IfName: args.IfName,
-		Namespace: string(inv.k8s.K8S_POD_NAMESPACE), Pod: string(inv.k8s.K8S_POD_NAME),
+		Namespace: ep.Namespace, Pod: ep.Pod, Record: &ep,
 	}
 	if want.IsValid() {
 		req.IP = want.String()
 	}
-	alloc, err := inv.client.Allocate(ctx, req)
+	// The netlink handles open while the agent allocates.
+	type answer struct {
+		alloc agentapi.AllocateResponse
+		err   error
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		alloc, err := inv.client.Allocate(ctx, req)
+		answered <- answer{alloc, err}
+	}()
+	dialErr := h.dial()
+	ans := <-answered
+	alloc, err := ans.alloc, ans.err
 	if err != nil {
+		var ae *agentapi.Error
+		if !errors.As(err, &ae) && !errors.Is(err, agentapi.ErrAgentUnreachable) {
+			// No answer (a timeout, a dropped connection): the agent
+			// may have allocated and recorded all the same.
+			inv.release()
+		}
+		if dialErr == nil {
+			h.close()
+		}
 		return agentError("allocate the pod's address", err)
 	}
+	if dialErr != nil {
+		inv.release()
+		return internal(dialErr)
+	}
+	defer h.close()
 	allocated := time.Since(start)
 
 	// From here on, a failure undoes everything: the veth and the address.
@@ -185,27 +272,26 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if mtu < MinMTU || mtu > MaxMTU {
 		mtu = 1500
 	}
-	podMAC, err := randomMAC()
-	if err != nil {
-		return internal(err)
-	}
 	at := attachment{hostVeth: inv.hostVeth, ifName: args.IfName, netns: args.Netns, addr: addr, mtu: mtu, podMAC: podMAC.String()}
 
-	// The endpoint is recorded while the veth is plumbed: the agent treats
-	// the pod's route as pending until the veth is up. The request runs in
-	// its own goroutine; the plumbing never leaves this one (and never
-	// enters another namespace). Both finish before ADD goes on.
-	ep := agentapi.Endpoint{
-		ContainerID: args.ContainerID, IfName: args.IfName,
-		Namespace: string(inv.k8s.K8S_POD_NAMESPACE), Pod: string(inv.k8s.K8S_POD_NAME),
-		HostIface: inv.hostVeth, Addresses: []string{netip.PrefixFrom(addr, 32).String()},
-		MAC: at.podMAC, Netns: args.Netns,
-	}
+	// While the veth is plumbed, the agent records the endpoint (or, when
+	// it predates AllocateRequest.Record, the plugin does). The request
+	// runs in its own goroutine; the plumbing never leaves this one (and
+	// never enters another namespace). Both finish before the route is
+	// added.
 	recordDone := make(chan error, 1)
-	go func() {
-		_, err := inv.client.PutEndpoint(ctx, inv.handle, ep)
-		recordDone <- err
-	}()
+	if alloc.Recording {
+		go func() {
+			_, err := inv.client.Sync(ctx, inv.handle)
+			recordDone <- err
+		}()
+	} else {
+		ep.Addresses = []string{netip.PrefixFrom(addr, 32).String()}
+		go func() {
+			_, err := inv.client.PutEndpoint(ctx, inv.handle, ep)
+			recordDone <- err
+		}()
+	}
 	hostIdx, plumbErr := plumb(inv, h, at, podMAC, &created)
 	plumbed := time.Since(start)
 	recordErr := <-recordDone
@@ -248,38 +334,40 @@ func randomMAC() (net.HardwareAddr, error) {
 // plumb creates the veth and configures both sides. It sets *created once
 // the veth exists, so that the caller removes it on failure. It returns the
 // host side's index.
+//
+// It spends few netlink round trips: the veth is created straight away (its
+// names are checked only when the kernel refuses them), up on the node's
+// side from the start, and the index the creation looked up is reused.
 func plumb(inv *invocation, h *handles, at attachment, podMAC net.HardwareAddr, created *bool) (int, error) {
-	// A veth of the same name is left from an earlier sandbox of the same pod
-	// (or an earlier try of this one): the pod has moved on, remove it.
-	if l, err := h.host.LinkByName(at.hostVeth); err == nil {
-		if l.Type() != "veth" {
-			return 0, fmt.Errorf("a %s link named %s exists in the node's namespace; remove it (twill only replaces veths)", l.Type(), at.hostVeth)
-		}
-		inv.log.Warn("removing a stale host veth of the same name", "iface", at.hostVeth, "owner", l.Attrs().Alias)
-		if err := h.host.LinkDel(l); err != nil && !isNotFound(err) {
-			return 0, fmt.Errorf("remove the stale veth %s: %w", at.hostVeth, err)
-		}
-	} else if !isNotFound(err) {
-		return 0, fmt.Errorf("look up %s: %w", at.hostVeth, err)
+	newVeth := func() *netlink.Veth {
+		la := netlink.NewLinkAttrs()
+		la.Name = at.hostVeth
+		la.MTU = at.mtu
+		la.HardwareAddr = hostMAC
+		la.Flags = net.FlagUp
+		return &netlink.Veth{LinkAttrs: la, PeerName: at.ifName, PeerMTU: uint32(at.mtu), PeerHardwareAddr: podMAC, PeerNamespace: netlink.NsFd(int(h.podNS))}
 	}
-	if _, err := h.pod.LinkByName(at.ifName); err == nil {
-		return 0, fmt.Errorf("the pod namespace already has an interface %s: DEL the attachment first", at.ifName)
-	} else if !isNotFound(err) {
-		return 0, fmt.Errorf("look up %s in the pod namespace: %w", at.ifName, err)
+	veth := newVeth()
+	err := h.host.LinkAdd(veth)
+	if errors.Is(err, unix.EEXIST) {
+		// A name is taken: a stale veth on the node, or the interface in
+		// the pod. Clear what may be cleared and try once more.
+		if err := clearNames(inv, h, at); err != nil {
+			return 0, err
+		}
+		veth = newVeth()
+		err = h.host.LinkAdd(veth)
 	}
-
-	la := netlink.NewLinkAttrs()
-	la.Name = at.hostVeth
-	la.MTU = at.mtu
-	la.HardwareAddr = hostMAC
-	veth := &netlink.Veth{LinkAttrs: la, PeerName: at.ifName, PeerMTU: uint32(at.mtu), PeerHardwareAddr: podMAC, PeerNamespace: netlink.NsFd(int(h.podNS))}
-	if err := h.host.LinkAdd(veth); err != nil {
+	if err != nil {
 		return 0, fmt.Errorf("create the veth %s with peer %s in the pod namespace: %w", at.hostVeth, at.ifName, err)
 	}
 	*created = true
-	host, err := h.host.LinkByName(at.hostVeth)
-	if err != nil {
-		return 0, fmt.Errorf("look up the new veth %s: %w", at.hostVeth, err)
+	var host netlink.Link = veth
+	if veth.Index == 0 {
+		// LinkAdd looks the new link up for its index; that lookup failed.
+		if host, err = h.host.LinkByName(at.hostVeth); err != nil {
+			return 0, fmt.Errorf("look up the new veth %s: %w", at.hostVeth, err)
+		}
 	}
 	if err := h.host.LinkSetAlias(host, vethAlias(inv.handle)); err != nil {
 		return 0, fmt.Errorf("label the veth %s: %w", at.hostVeth, err)
@@ -293,13 +381,13 @@ func plumb(inv *invocation, h *handles, at attachment, podMAC net.HardwareAddr, 
 			return 0, err
 		}
 	}
-	if err := h.host.LinkSetUp(host); err != nil {
-		return 0, fmt.Errorf("set %s up: %w", at.hostVeth, err)
-	}
 
 	pod, err := h.pod.LinkByName(at.ifName)
 	if err != nil {
 		return 0, fmt.Errorf("look up the new %s in the pod namespace: %w", at.ifName, err)
+	}
+	if got := pod.Attrs().HardwareAddr.String(); got != podMAC.String() {
+		return 0, fmt.Errorf("%s in the pod namespace has MAC %s, not the %s it was created with", at.ifName, got, podMAC)
 	}
 	if err := h.pod.AddrAdd(pod, &netlink.Addr{IPNet: hostNet(at.addr)}); err != nil {
 		return 0, fmt.Errorf("add %s/32 to %s: %w", at.addr, at.ifName, err)
@@ -315,10 +403,32 @@ func plumb(inv *invocation, h *handles, at attachment, podMAC net.HardwareAddr, 
 	if err := h.pod.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gw, Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}}); err != nil {
 		return 0, fmt.Errorf("add the route default via %s dev %s in the pod namespace: %w", gateway, at.ifName, err)
 	}
-	if got := pod.Attrs().HardwareAddr.String(); got != podMAC.String() {
-		return 0, fmt.Errorf("%s in the pod namespace has MAC %s, not the %s it was created with", at.ifName, got, podMAC)
-	}
 	return host.Attrs().Index, nil
+}
+
+// clearNames makes way for the veth after its creation failed on a name in
+// use: a veth of the host side's name is left from an earlier sandbox of
+// the same pod (or an earlier try of this one) and is removed, as the pod
+// has moved on; an interface of the pod side's name in the pod's namespace
+// is an error.
+func clearNames(inv *invocation, h *handles, at attachment) error {
+	if l, err := h.host.LinkByName(at.hostVeth); err == nil {
+		if l.Type() != "veth" {
+			return fmt.Errorf("a %s link named %s exists in the node's namespace; remove it (twill only replaces veths)", l.Type(), at.hostVeth)
+		}
+		inv.log.Warn("removing a stale host veth of the same name", "iface", at.hostVeth, "owner", l.Attrs().Alias)
+		if err := h.host.LinkDel(l); err != nil && !isNotFound(err) {
+			return fmt.Errorf("remove the stale veth %s: %w", at.hostVeth, err)
+		}
+	} else if !isNotFound(err) {
+		return fmt.Errorf("look up %s: %w", at.hostVeth, err)
+	}
+	if _, err := h.pod.LinkByName(at.ifName); err == nil {
+		return fmt.Errorf("the pod namespace already has an interface %s: DEL the attachment first", at.ifName)
+	} else if !isNotFound(err) {
+		return fmt.Errorf("look up %s in the pod namespace: %w", at.ifName, err)
+	}
+	return nil
 }
 
 func cmdDel(args *skel.CmdArgs) error {

@@ -19,6 +19,7 @@ import (
 
 	"twill.dev/twill/agent"
 	"twill.dev/twill/agentapi"
+	"twill.dev/twill/internal/nettest"
 )
 
 func TestAddCheckDel(t *testing.T) {
@@ -162,8 +163,7 @@ func TestAddCheckDel(t *testing.T) {
 		t.Errorf("second DEL: %v", err)
 	}
 	// DEL after the pod's namespace is gone succeeds too.
-	ipCmd(t, "netns", "del", p.nsName)
-	ipCmd(t, "netns", "add", p.nsName) // recreated for the cleanup
+	p.ns.Delete(t)
 	p.rt.NetNS = "/var/run/netns/twcp-gone"
 	if err := n.del(p); err != nil {
 		t.Errorf("DEL with the namespace gone: %v", err)
@@ -182,8 +182,9 @@ func TestDelLeavesNewerSandbox(t *testing.T) {
 	fresh.rt.Args = [][2]string{{"K8S_POD_NAMESPACE", podNSNS}, {"K8S_POD_NAME", old.name}, {"K8S_POD_INFRA_CONTAINER_ID", fresh.rt.ContainerID}}
 	fresh.veth = old.veth
 	// The old sandbox's namespace is gone (as after a node reboot).
-	ipCmd(t, "netns", "del", old.nsName)
-	ipCmd(t, "netns", "add", old.nsName)
+	// A namespace of the same name, empty, stands in its place.
+	old.ns.Delete(t)
+	nettest.Named(t, old.nsName)
 	res := n.mustAdd(t, fresh)
 	if err := n.del(old); err != nil {
 		t.Fatalf("DEL of the old sandbox: %v", err)
@@ -285,13 +286,10 @@ func TestAddPoolExhausted(t *testing.T) {
 	if err := n.del(added[0]); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for err = n.status(); err != nil && time.Now().Before(deadline); err = n.status() {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		t.Errorf("STATUS after a DEL freed an address: %v", err)
-	}
+	nettest.Eventually(t, 20*time.Second, 50*time.Millisecond, "STATUS succeeds after a DEL freed an address", func() (bool, string) {
+		err := n.status()
+		return err == nil, fmt.Sprint(err)
+	})
 }
 
 func TestAgentDown(t *testing.T) {
@@ -369,13 +367,10 @@ func TestGC(t *testing.T) {
 		t.Errorf("GC left the stale endpoint record %+v", st.Endpoint)
 	}
 	// The agent stops routing the stale address.
-	deadline := time.Now().Add(10 * time.Second)
-	for _, ok := n.hostRoute(t, staleAddr); ok && time.Now().Before(deadline); _, ok = n.hostRoute(t, staleAddr) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if _, ok := n.hostRoute(t, staleAddr); ok {
-		t.Errorf("route to the released %s is still there", staleAddr)
-	}
+	nettest.Eventually(t, 10*time.Second, 20*time.Millisecond, "the route to the released "+staleAddr.String()+" goes", func() (bool, string) {
+		_, ok := n.hostRoute(t, staleAddr)
+		return !ok, "the route is still there"
+	})
 	if err := n.check(keep); err != nil {
 		t.Errorf("CHECK of the valid attachment after GC: %v", err)
 	}

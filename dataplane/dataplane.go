@@ -71,14 +71,19 @@
 //		set nat-pools   { type ipv4_addr; flags interval; }  # plan NATPools
 //		set all-pools   { type ipv4_addr; flags interval; }  # plan AllPools ∪ NATPools
 //		set vxlan-peers { type ipv4_addr; }                  # plan VXLANPeers
-//		chain postrouting {
+//		chain prerouting {
+//			type filter hook prerouting priority raw; policy accept;
+//			udp dport 4789 ip daddr 192.168.3.241 ip saddr @vxlan-peers notrack accept comment "twill:vxlan-notrack-in"
+//			udp dport 4789 ip saddr != @vxlan-peers fib daddr type != unicast counter name "vxlan-dropped" drop comment "twill:vxlan-allow"
+//		}
+//		chain output {
+//			type filter hook output priority raw; policy accept;
+//			udp dport 4789 ip saddr 192.168.3.241 ip daddr @vxlan-peers notrack comment "twill:vxlan-notrack-out"
+//		}
+//		chain postrouting {  # only while some pool has natOutgoing
 //			type nat hook postrouting priority srcnat; policy accept;
 //			meta l4proto udp ip saddr @nat-pools ip daddr != @all-pools masquerade to :4790-65535 random,fully-random comment "twill:masq-udp"
 //			ip saddr @nat-pools ip daddr != @all-pools masquerade random,fully-random comment "twill:masq"
-//		}
-//		chain input {
-//			type filter hook input priority filter - 1; policy accept;
-//			udp dport 4789 ip saddr != @vxlan-peers counter name "vxlan-dropped" drop comment "twill:vxlan-allow"
 //		}
 //	}
 //
@@ -91,7 +96,22 @@
 // concerned, is masqueraded into the larger side of the port space around
 // the VXLAN port (4790-65535 for 4789; see masqPorts) and everything else
 // into the kernel's default range. VXLAN from an address that is not a
-// known node is dropped and counted, whichever interface it arrives on.
+// known node is dropped and counted, whichever interface and local address
+// (broadcast and multicast included) it arrives on.
+//
+// The nat chain turns on connection tracking, and NAT's hooks, for every
+// packet of the namespace, so it exists only while some pool needs it.
+// With a VXLAN device (Apply with a plan.Device; the 192.168.3.241 above is
+// its local address) the VXLAN packets between this node's VTEP address and
+// a peer's are left untracked in both directions: on the receiving side
+// each of them is MTU-sized, and tracking them was most of the firewall's
+// cost on the VXLAN path. The allow-list sits in the same raw-priority
+// chain, so a peer's packet meets one Twill chain on its way in. The
+// tunnelled traffic itself stays tracked (encapsulation and decapsulation
+// give it conntrack state of its own), and so does all pod traffic:
+// kube-proxy's Services need it (see fwRules). ApplyFirewall keeps the
+// local address of the last Apply. Other firewalls on the host must accept
+// VXLAN by port and address, not as an established connection.
 //
 // google/nftables v0.3.0 cannot write that UDP rule: with a port range,
 // expr.Masq sends no flags at all, not even NF_NAT_RANGE_PROTO_SPECIFIED,
@@ -102,13 +122,17 @@
 // right after: for that moment new UDP flows from NAT pools lose their first
 // packet rather than take the VXLAN port or leave unmasqueraded. Should the
 // replacement keep failing, they stay dropped and every apply reports it.
+// When natOutgoing is turned on, the nat chain is created while nat-pools is
+// still empty and the pools are added once the rule is replaced, so turning
+// it on drops nothing.
 //
 // # Host firewall updates
 //
 // Set elements are added and removed one by one, never flushed and
 // refilled; pool CIDRs are merged into disjoint intervals first, since an
 // interval set rejects overlaps. A chain whose rules differ from the wanted
-// ones is flushed and refilled in one transaction. A table that cannot be
+// ones is flushed and refilled in one transaction, and a chain no longer
+// wanted (the nat chain) is deleted. A table that cannot be
 // fixed in place (a set or chain of the wrong type, a stray object, or an
 // in-place update the kernel refused) is deleted and created again in one
 // transaction, keeping the drop counter's values. Every change is one atomic

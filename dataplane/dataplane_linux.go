@@ -131,72 +131,52 @@ func dump[T any](f func() (T, error)) (T, error) {
 // pruning what Twill owns and dp no longer wants. It keeps going
 // past failures and returns them joined.
 func (r *Reconciler) Apply(dp plan.Dataplane) (Result, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.h == nil {
-		return Result{}, errClosed
-	}
-	var res Result
-	var errs []error
-	if !firewallZero(dp.Firewall) {
-		errs = append(errs, r.applyFirewall(dp.Firewall, &res)...)
-	}
-	routes, rerrs := r.setWantRoutes(dp.Routes, true)
-	errs = append(errs, rerrs...)
+	return r.reconcile("apply", func(res *Result) []error {
+		var errs []error
+		if !firewallZero(dp.Firewall) {
+			errs = append(errs, r.applyFirewallAt(dp.Firewall, vxlanLocal(dp.Device), res)...)
+		}
+		routes, rerrs := r.setWantRoutes(dp.Routes, true)
+		errs = append(errs, rerrs...)
 
-	devIdx, err := r.applyDevice(dp.Device, &res)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	// A device that failed is reported already; only a missing one is news.
-	errs = append(errs, r.applyNeighbors(devIdx, dp.Device == nil, dp.Neighbors, &res)...)
-	errs = append(errs, r.applyFDB(devIdx, dp.Device == nil, dp.FDB, &res)...)
-	errs = append(errs, r.applyRoutes(routes, true, &res)...)
-	return r.done("apply", res, errs)
+		devIdx, err := r.applyDevice(dp.Device, res)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		// A device that failed is reported already; only a missing one is news.
+		errs = append(errs, r.applyNeighbors(devIdx, dp.Device == nil, dp.Neighbors, res)...)
+		errs = append(errs, r.applyFDB(devIdx, dp.Device == nil, dp.FDB, res)...)
+		return append(errs, r.applyRoutes(routes, true, res)...)
+	})
 }
 
 // ApplyDevice reconciles the VXLAN device and its address only; nil deletes
 // the device.
 func (r *Reconciler) ApplyDevice(d *plan.Device) (Result, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.h == nil {
-		return Result{}, errClosed
-	}
-	var res Result
-	var errs []error
-	if _, err := r.applyDevice(d, &res); err != nil {
-		errs = append(errs, err)
-	}
-	return r.done("apply device", res, errs)
+	return r.reconcile("apply device", func(res *Result) []error {
+		if _, err := r.applyDevice(d, res); err != nil {
+			return []error{err}
+		}
+		return nil
+	})
 }
 
 // ApplyNeighbors reconciles the permanent neighbour entries on the VXLAN
 // device (named by the last plan) with ns, pruning the others.
 func (r *Reconciler) ApplyNeighbors(ns []plan.Neighbor) (Result, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.h == nil {
-		return Result{}, errClosed
-	}
-	var res Result
-	idx, errs := r.currentDevice()
-	errs = append(errs, r.applyNeighbors(idx, len(errs) == 0, ns, &res)...)
-	return r.done("apply neighbors", res, errs)
+	return r.reconcile("apply neighbors", func(res *Result) []error {
+		idx, errs := r.currentDevice()
+		return append(errs, r.applyNeighbors(idx, len(errs) == 0, ns, res)...)
+	})
 }
 
 // ApplyFDB reconciles the permanent FDB entries on the VXLAN device with fs,
 // pruning the others.
 func (r *Reconciler) ApplyFDB(fs []plan.FDB) (Result, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.h == nil {
-		return Result{}, errClosed
-	}
-	var res Result
-	idx, errs := r.currentDevice()
-	errs = append(errs, r.applyFDB(idx, len(errs) == 0, fs, &res)...)
-	return r.done("apply fdb", res, errs)
+	return r.reconcile("apply fdb", func(res *Result) []error {
+		idx, errs := r.currentDevice()
+		return append(errs, r.applyFDB(idx, len(errs) == 0, fs, res)...)
+	})
 }
 
 // ApplyRoutes reconciles the owned routes with routes, pruning the others.
@@ -212,52 +192,56 @@ func (r *Reconciler) UpdateRoutes(routes []plan.Route) (Result, error) {
 }
 
 func (r *Reconciler) routesOnly(what string, routes []plan.Route, prune bool) (Result, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.h == nil {
-		return Result{}, errClosed
-	}
-	var res Result
-	ks, errs := r.setWantRoutes(routes, prune)
-	errs = append(errs, r.applyRoutes(ks, prune, &res)...)
-	return r.done(what, res, errs)
+	return r.reconcile(what, func(res *Result) []error {
+		ks, errs := r.setWantRoutes(routes, prune)
+		return append(errs, r.applyRoutes(ks, prune, res)...)
+	})
 }
 
 // DeleteRoutes deletes the owned routes (protocol plan.RouteProtocol) to
 // dsts and drops them from the wanted set; other routes to dsts are left
 // alone. For incremental work such as a deleted pod.
 func (r *Reconciler) DeleteRoutes(dsts []netip.Prefix) (Result, error) {
+	return r.reconcile("delete routes", func(res *Result) []error {
+		del := make(map[netip.Prefix]bool, len(dsts))
+		r.wmu.Lock()
+		for _, d := range dsts {
+			del[d] = true
+			delete(r.watch.want.routes, d)
+		}
+		r.watch.reindex()
+		r.wmu.Unlock()
+		owned, _, _, err := r.kernelRoutes()
+		if err != nil {
+			return []error{err}
+		}
+		var errs []error
+		for _, o := range owned {
+			if !del[o.k.Dst] {
+				continue
+			}
+			if err := r.h.RouteDel(&o.nl); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, opErr(KindRoute, o.k.String(), "delete", err))
+				continue
+			}
+			r.log.Debug("route deleted", "route", o.k.String())
+			res.Routes.Deleted++
+		}
+		return errs
+	})
+}
+
+// reconcile runs f on an open reconciler with r.mu held, and logs and
+// returns what f changed and the errors it met, joined, as what.
+func (r *Reconciler) reconcile(what string, f func(res *Result) []error) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.h == nil {
 		return Result{}, errClosed
 	}
 	var res Result
-	var errs []error
-	del := make(map[netip.Prefix]bool, len(dsts))
-	r.wmu.Lock()
-	for _, d := range dsts {
-		del[d] = true
-		delete(r.watch.want.routes, d)
-	}
-	r.watch.reindex()
-	r.wmu.Unlock()
-	owned, _, _, err := r.kernelRoutes()
-	if err != nil {
-		return r.done("delete routes", res, []error{err})
-	}
-	for _, o := range owned {
-		if !del[o.k.Dst] {
-			continue
-		}
-		if err := r.h.RouteDel(&o.nl); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, opErr(KindRoute, o.k.String(), "delete", err))
-			continue
-		}
-		r.log.Debug("route deleted", "route", o.k.String())
-		res.Routes.Deleted++
-	}
-	return r.done("delete routes", res, errs)
+	errs := f(&res)
+	return r.done(what, res, errs)
 }
 
 // done logs a summary and joins errors.

@@ -3,12 +3,9 @@ package dataplane
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"reflect"
 	"strings"
@@ -16,9 +13,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"twill.dev/twill/internal/nettest"
 	"twill.dev/twill/plan"
 )
 
@@ -28,61 +25,31 @@ type testNS struct {
 	name string
 	path string
 	// h is a netlink handle inside the namespace, for checks.
-	h *netlink.Handle
+	h  *netlink.Handle
+	ns *nettest.NS
 }
 
-// needPrivilege skips (or fails under CI=true) when the test cannot create
-// network namespaces.
-func needPrivilege(tb testing.TB) {
-	tb.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root to create network namespaces"
-	} else if _, err := exec.LookPath("ip"); err != nil {
-		why = "needs iproute2's ip"
-	} else if _, err := exec.LookPath("bridge"); err != nil {
-		why = "needs iproute2's bridge"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		tb.Fatal(why)
-	}
-	tb.Skip(why)
-}
-
-// newTestNS creates the namespace and removes it when the test ends, even on
-// failure.
+// newTestNS creates the namespace (removed when the test ends, even on
+// failure) with its eth0.
 func newTestNS(tb testing.TB) *testNS {
 	tb.Helper()
-	needPrivilege(tb)
-	name := fmt.Sprintf("twdp-%08x", rand.Uint32())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		tb.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	tb.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			tb.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	t := &testNS{name: name, path: "/var/run/netns/" + name}
-	t.ip(tb, "link set lo up")
-	t.ip(tb, "link add eth0 type veth peer name tweth0p")
-	t.ip(tb, "addr add 192.168.3.241/24 dev eth0")
-	t.ip(tb, "link set eth0 up")
-	t.ip(tb, "link set tweth0p up")
-	ns, err := netns.GetFromPath(t.path)
-	if err != nil {
+	t := newBareNS(tb, "dp")
+	if err := t.ns.Veth("eth0", t.ns, "tweth0p"); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { ns.Close() })
-	t.h, err = netlink.NewHandleAt(ns)
-	if err != nil {
+	if err := t.ns.AddrAdd("eth0", "192.168.3.241/24"); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(t.h.Close)
 	return t
+}
+
+// newBareNS creates a namespace "tw<role>-<random>" with only its loopback,
+// up, and removes it when the test ends, even on failure.
+func newBareNS(tb testing.TB, role string) *testNS {
+	tb.Helper()
+	nettest.RequireRoot(tb, "ip", "bridge")
+	ns := nettest.New(tb, role)
+	return &testNS{name: ns.Name, path: ns.Path, h: ns.H, ns: ns}
 }
 
 // ip runs `ip -n <ns> args` and fails the test on error.
@@ -568,12 +535,10 @@ func settle(ch <-chan struct{}, quiet time.Duration) {
 	}
 }
 
-func TestSubscribeSignals(t *testing.T) {
-	ns, r := seedNS(t)
-	dp := seedPlan()
-	mustApply(t, r, dp)
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
+// subscribe subscribes to r's signals until ctx is done, waits for the
+// initial signal and lets the signals settle for quiet.
+func subscribe(t *testing.T, ctx context.Context, r *Reconciler, quiet time.Duration) <-chan struct{} {
+	t.Helper()
 	sig, err := r.Subscribe(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -581,7 +546,31 @@ func TestSubscribeSignals(t *testing.T) {
 	if !waitSignal(sig, 5*time.Second) {
 		t.Fatal("no initial signal")
 	}
-	settle(sig, 200*time.Millisecond)
+	settle(sig, quiet)
+	return sig
+}
+
+// awaitClosed drains sig and fails the test unless it is closed within 5 s
+// (of cancelling its subscription).
+func awaitClosed(t *testing.T, sig <-chan struct{}) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for open := true; open; {
+		select {
+		case _, open = <-sig:
+		case <-deadline:
+			t.Fatal("signal channel not closed within 5s of cancelling")
+		}
+	}
+}
+
+func TestSubscribeSignals(t *testing.T) {
+	ns, r := seedNS(t)
+	dp := seedPlan()
+	mustApply(t, r, dp)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	sig := subscribe(t, ctx, r, 200*time.Millisecond)
 
 	heal := func(t *testing.T, what string, breakIt func()) {
 		t.Helper()
@@ -609,14 +598,7 @@ func TestSubscribeSignals(t *testing.T) {
 	})
 
 	cancel()
-	deadline := time.After(5 * time.Second)
-	for open := true; open; {
-		select {
-		case _, open = <-sig:
-		case <-deadline:
-			t.Fatal("signal channel not closed within 5s of cancelling")
-		}
-	}
+	awaitClosed(t, sig)
 }
 
 func TestPerKindMethods(t *testing.T) {

@@ -22,10 +22,18 @@ const (
 	SetAllPools = "all-pools"
 	// SetVXLANPeers holds the other nodes' host addresses.
 	SetVXLANPeers = "vxlan-peers"
-	// ChainPostrouting holds the masquerade rules.
+	// ChainPrerouting is a filter chain at the prerouting hook with raw
+	// priority (-300, before connection tracking): it leaves the VXLAN
+	// packets of known nodes to this node untracked and drops VXLAN from
+	// other addresses (the allow-list).
+	ChainPrerouting = "prerouting"
+	// ChainOutput is a filter chain at the output hook with raw priority: it
+	// leaves this node's VXLAN packets to known nodes untracked.
+	ChainOutput = "output"
+	// ChainPostrouting holds the masquerade rules. It exists only while
+	// some pool has natOutgoing: a nat chain turns on connection tracking
+	// (and NAT's hooks) for every packet of the namespace.
 	ChainPostrouting = "postrouting"
-	// ChainInput holds the VXLAN allow-list rule.
-	ChainInput = "input"
 	// CounterVXLANDropped counts VXLAN packets dropped for coming from an
 	// address that is not a peer.
 	CounterVXLANDropped = "vxlan-dropped"
@@ -37,13 +45,17 @@ const (
 	ruleMasqUDP    = "twill:masq-udp"
 	ruleMasq       = "twill:masq"
 	ruleVXLANAllow = "twill:vxlan-allow"
+	// ruleNotrackIn and ruleNotrackOut leave node-to-node VXLAN untracked.
+	ruleNotrackIn  = "twill:vxlan-notrack-in"
+	ruleNotrackOut = "twill:vxlan-notrack-out"
 )
 
 // fwSets are Twill's sets, in creation order.
 var fwSets = []string{SetNATPools, SetAllPools, SetVXLANPeers}
 
-// fwChains are Twill's chains, in creation order.
-var fwChains = []string{ChainPostrouting, ChainInput}
+// fwChains are the chains Twill may create, in creation order; a table
+// holds those that chains() wants.
+var fwChains = []string{ChainPrerouting, ChainOutput, ChainPostrouting}
 
 // CounterValue is an nftables counter.
 type CounterValue struct {
@@ -80,12 +92,38 @@ type ipRange struct {
 }
 
 // fwWant is a checked firewall: pools merged into disjoint, non-touching
-// ranges, peers sorted and unique. port 0 means "not given".
+// ranges, peers sorted and unique. port 0 means "not given". local is the
+// VXLAN device's local address (the invalid Addr when there is no device
+// or it is not known): only with it does the table hold the notrack rules.
 type fwWant struct {
 	port     int
 	natPools []ipRange
 	allPools []ipRange
 	peers    []netip.Addr
+	local    netip.Addr
+}
+
+// chains are the chains the table should hold, in creation order: the
+// prerouting and output chains always, the nat chain only while some pool
+// has natOutgoing.
+func (w fwWant) chains() []string {
+	out := []string{ChainPrerouting, ChainOutput}
+	if len(w.natPools) > 0 {
+		out = append(out, ChainPostrouting)
+	}
+	return out
+}
+
+// vxlanLocal is the address the notrack rules match on: d's local address
+// when d is a VXLAN device with an IPv4 one, else the invalid Addr.
+func vxlanLocal(d *plan.Device) netip.Addr {
+	if d == nil {
+		return netip.Addr{}
+	}
+	if a := d.LocalIP.Unmap(); a.Is4() {
+		return a
+	}
+	return netip.Addr{}
 }
 
 // firewallZero reports whether fw is the zero value, which Apply leaves alone.
@@ -420,6 +458,9 @@ type fwChanges struct {
 	DelElems      map[string][]fwElem
 	CreateCounter bool
 	CreateChains  []string
+	// DeleteChains are chains the table holds but should not (the nat
+	// chain once no pool has natOutgoing).
+	DeleteChains []string
 	// Refill are chains flushed and refilled (created ones included).
 	Refill  []string
 	Upgrade []upgrade
@@ -475,9 +516,16 @@ func diffFirewall(w fwWant, rules map[string][]ruleWant, k fwKernel) fwChanges {
 		drift("%s is not a counter", CounterVXLANDropped)
 		c.Recreate = CounterVXLANDropped + " is not a counter"
 	}
+	wanted := w.chains()
 	for _, name := range fwChains {
 		ch, ok := k.Chains[name]
 		switch {
+		case !slices.Contains(wanted, name):
+			if ok {
+				drift("chain %s should not exist: no pool has natOutgoing", name)
+				c.DeleteChains = append(c.DeleteChains, name)
+			}
+			continue
 		case !ok:
 			drift("chain %s is missing", name)
 			c.CreateChains = append(c.CreateChains, name)
@@ -549,7 +597,7 @@ func diffElems(want, got []fwElem) (add, del []fwElem) {
 func PlannedFirewall(fw plan.Firewall) ObservedFirewall {
 	w, _ := wantFirewall(fw)
 	w = effectiveFirewall(fw, w, nil, fwKernel{})
-	o := ObservedFirewall{Table: true, Chains: slices.Sorted(slices.Values(fwChains)), Sets: slices.Sorted(slices.Values(fwSets))}
+	o := ObservedFirewall{Table: true, Chains: slices.Sorted(slices.Values(w.chains())), Sets: slices.Sorted(slices.Values(fwSets))}
 	for _, r := range w.natPools {
 		o.NATPools = append(o.NATPools, rangePrefixes(r)...)
 	}

@@ -3,7 +3,6 @@ package dataplane
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -41,19 +40,27 @@ func (r *Reconciler) nft() (*nftables.Conn, error) {
 // Apply it acts on a zero fw too: the table is then created (or repaired)
 // with the last applied lists, or what the kernel holds.
 func (r *Reconciler) ApplyFirewall(fw plan.Firewall) (Result, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.h == nil {
-		return Result{}, errClosed
-	}
-	var res Result
-	errs := r.applyFirewall(fw, &res)
-	return r.done("apply firewall", res, errs)
+	return r.reconcile("apply firewall", func(res *Result) []error {
+		return r.applyFirewall(fw, res)
+	})
 }
 
-// applyFirewall reconciles the table; r.mu must be held.
+// applyFirewall reconciles the table, keeping the VXLAN local address of
+// the last apply; r.mu must be held.
 func (r *Reconciler) applyFirewall(fw plan.Firewall, res *Result) []error {
+	var local netip.Addr
+	if r.fw != nil {
+		local = r.fw.local
+	}
+	return r.applyFirewallAt(fw, local, res)
+}
+
+// applyFirewallAt reconciles the table for a node whose VXLAN device has
+// the local address local (the invalid Addr: no device, so no notrack
+// rules; see vxlanLocal); r.mu must be held.
+func (r *Reconciler) applyFirewallAt(fw plan.Firewall, local netip.Addr, res *Result) []error {
 	checked, errs := wantFirewall(fw)
+	checked.local = local
 	c, err := r.nft()
 	if err != nil {
 		return append(errs, err)
@@ -76,6 +83,16 @@ func (r *Reconciler) reconcileFirewall(c *nftables.Conn, fw plan.Firewall, check
 		return errs
 	}
 	r.log.Debug("firewall differs from the plan", "drift", ch.Drift)
+	// Turning natOutgoing on creates the nat chain in place, its UDP rule
+	// first as the placeholder that drops (see upgradeRules). nat-pools
+	// gets its elements only once the rule is upgraded, so that no packet
+	// meets the placeholder: until then the pools are not masqueraded, as
+	// they were not before.
+	var held []fwElem
+	if ch.Recreate == "" && slices.Contains(ch.CreateChains, ChainPostrouting) && !slices.Contains(ch.CreateSets, SetNATPools) {
+		held = ch.AddElems[SetNATPools]
+		delete(ch.AddElems, SetNATPools)
+	}
 	var delta Counts
 	err := writeFirewall(c, w, k, ch, &delta)
 	if err != nil && ch.Recreate == "" {
@@ -97,6 +114,13 @@ func (r *Reconciler) reconcileFirewall(c *nftables.Conn, fw plan.Firewall, check
 	if err := r.upgradeRules(c, w, ch, res); err != nil {
 		errs = append(errs, err)
 	}
+	if len(held) > 0 && ch.Recreate == "" {
+		delta = Counts{}
+		if err := writeFirewall(c, w, k, fwChanges{AddElems: map[string][]fwElem{SetNATPools: held}}, &delta); err != nil {
+			return append(errs, opErr(KindFirewall, "set "+SetNATPools, "add elements", err))
+		}
+		res.Firewall.add(delta)
+	}
 	return errs
 }
 
@@ -112,9 +136,10 @@ func fwChainSpec(name string) *nftables.Chain {
 	switch name {
 	case ChainPostrouting:
 		c.Type, c.Hooknum, c.Priority = nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource
-	case ChainInput:
-		c.Type, c.Hooknum = nftables.ChainTypeFilter, nftables.ChainHookInput
-		c.Priority = nftables.ChainPriorityRef(*nftables.ChainPriorityFilter - 1)
+	case ChainPrerouting:
+		c.Type, c.Hooknum, c.Priority = nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityRaw
+	case ChainOutput:
+		c.Type, c.Hooknum, c.Priority = nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityRaw
 	}
 	return c
 }
@@ -166,7 +191,7 @@ func fwRules(w fwWant, setID func(string) uint32) map[string][]fwRule {
 	}
 	var port [2]byte
 	binary.BigEndian.PutUint16(port[:], uint16(w.port))
-	return map[string][]fwRule{
+	rules := map[string][]fwRule{
 		ChainPostrouting: {
 			{
 				comment: ruleMasqUDP,
@@ -179,17 +204,76 @@ func fwRules(w fwWant, setID func(string) uint32) map[string][]fwRule {
 			},
 			{comment: ruleMasq, exprs: cat(ipv4, pools, []expr.Any{&expr.Masq{Random: true, FullyRandom: true}})},
 		},
-		ChainInput: {{
-			comment: ruleVXLANAllow,
-			exprs: cat(ipv4, udp, []expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: port[:]},
-				saddr, &expr.Lookup{SourceRegister: 1, SetName: SetVXLANPeers, SetID: setID(SetVXLANPeers), Invert: true},
-				&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: CounterVXLANDropped},
-				&expr.Verdict{Kind: expr.VerdictDrop},
-			}),
-		}},
 	}
+	// The VXLAN rules test the cheapest things first: most packets are not
+	// UDP, and most UDP is not for the VXLAN port.
+	vxlan := cat(udp, []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: port[:]},
+	}, ipv4)
+	peers := func(invert bool) *expr.Lookup {
+		return &expr.Lookup{SourceRegister: 1, SetName: SetVXLANPeers, SetID: setID(SetVXLANPeers), Invert: invert}
+	}
+	// Delivered to this host: fib daddr type != unicast. The address type
+	// comes from the local table only (local, broadcast or multicast, else
+	// unicast), in host byte order; these are what the input hook sees.
+	var unicast [4]byte
+	binary.NativeEndian.PutUint32(unicast[:], unix.RTN_UNICAST)
+	toHost := []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: unicast[:]},
+	}
+	allow := fwRule{comment: ruleVXLANAllow, exprs: cat(vxlan, []expr.Any{
+		saddr, peers(true),
+	}, toHost, []expr.Any{
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: CounterVXLANDropped},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	})}
+	rules[ChainPrerouting] = []fwRule{allow}
+	rules[ChainOutput] = nil
+	if l := w.local; l.Is4() {
+		a := l.As4()
+		// Node-to-node VXLAN is left untracked. Connection tracking, on for
+		// the whole namespace as soon as the nat chain (or kube-proxy)
+		// exists, would otherwise look up every outer packet, and on the
+		// receiving side each is MTU-sized unless the NIC aggregates them
+		// (GRO): that was most of the firewall's cost on the VXLAN path.
+		// The rules are exact: the VXLAN port, between this node's VTEP
+		// address and a peer's. Traffic that merely uses the port (say a
+		// peer host's to a pod, or a pod's to anywhere) is not between the
+		// two VTEPs and stays tracked, so its reply is never taken for a
+		// new flow and masqueraded. The tunnelled packets are tracked as
+		// before: encapsulation and decapsulation scrub the skb's conntrack
+		// state, so the inner flow gets its own entry, on which kube-proxy's
+		// DNAT and the masquerade work.
+		//
+		// Pod-to-pod traffic itself is never left untracked: with
+		// kube-proxy, a backend pod's reply to a Service client is
+		// pod-to-pod by address yet must meet the DNAT entry to be
+		// rewritten back, and no rule on addresses can tell it apart.
+		//
+		// The allow-list sits in this chain too, ahead of connection
+		// tracking, rather than at the input hook: a peer's packet meets
+		// one Twill rule and leaves the chain. (It is thereby also checked
+		// before kube-proxy's DNAT: a Service on the VXLAN port of the
+		// host's addresses would clash with VXLAN anyway.) Other firewalls
+		// on the host must accept VXLAN by port and address, not as part of
+		// an established connection.
+		rules[ChainPrerouting] = []fwRule{{comment: ruleNotrackIn, exprs: cat(vxlan, []expr.Any{
+			daddr, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:]},
+			saddr, peers(false),
+			&expr.Notrack{},
+			// Accept ends this chain only (later hooks still run): the
+			// common packet skips the allow-list rule.
+			&expr.Verdict{Kind: expr.VerdictAccept},
+		})}, allow}
+		rules[ChainOutput] = []fwRule{{comment: ruleNotrackOut, exprs: cat(vxlan, []expr.Any{
+			saddr, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:]},
+			daddr, peers(false),
+			&expr.Notrack{},
+		})}}
+	}
+	return rules
 }
 
 // fwRuleWants are the wanted rules' canonical forms, for diffFirewall.
@@ -370,7 +454,7 @@ func writeFirewall(c *nftables.Conn, w fwWant, k fwKernel, ch fwChanges, delta *
 			}
 		}
 		counter(k.Dropped) // the old table's counts carry over
-		for _, name := range fwChains {
+		for _, name := range w.chains() {
 			c.AddChain(fwChainSpec(name))
 			delta.Added++
 			addRules(name)
@@ -378,6 +462,10 @@ func writeFirewall(c *nftables.Conn, w fwWant, k fwKernel, ch fwChanges, delta *
 		return c.Flush()
 	}
 
+	for _, name := range ch.DeleteChains {
+		c.DelChain(fwChainSpec(name)) // with its rules
+		delta.Deleted += 1 + len(k.Chains[name].Rules)
+	}
 	for _, name := range fwSets {
 		if slices.Contains(ch.CreateSets, name) {
 			if err := addSet(name); err != nil {
@@ -420,7 +508,7 @@ func writeFirewall(c *nftables.Conn, w fwWant, k fwKernel, ch fwChanges, delta *
 // the kernel before this reconcile count as updated.
 func (r *Reconciler) upgradeRules(c *nftables.Conn, w fwWant, ch fwChanges, res *Result) error {
 	for name, rules := range fwRules(w, func(string) uint32 { return 0 }) {
-		if !slices.ContainsFunc(rules, func(f fwRule) bool { return f.interim != nil }) {
+		if !slices.Contains(w.chains(), name) || !slices.ContainsFunc(rules, func(f fwRule) bool { return f.interim != nil }) {
 			continue
 		}
 		written := ch.Recreate != "" || slices.Contains(ch.Refill, name)
@@ -690,28 +778,15 @@ func (w *nftWatcher) run(ctx context.Context, notify func()) {
 				backoff = minBackoff
 			}
 		}
-		for {
-			t := time.NewTimer(backoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			backoff = min(backoff*2, maxBackoff)
-			err := w.start(false)
-			if err == nil {
-				break
-			}
-			if errors.Is(err, errClosed) {
-				return
-			}
+		if !resubscribe(ctx, &backoff, w.start, func(err error) {
 			lvl := slog.LevelDebug
 			if !w.warned {
 				lvl, w.warned = slog.LevelWarn, true
 			}
 			w.r.log.Log(ctx, lvl, "nftables monitor unavailable; only periodic resyncs repair the firewall until it is back",
 				"err", err, "retry_in", backoff)
+		}) {
+			return
 		}
 		w.warned = false
 		// Events may have been lost while unsubscribed.

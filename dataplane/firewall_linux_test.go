@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
 
+	"twill.dev/twill/internal/nettest"
 	"twill.dev/twill/plan"
 )
 
@@ -87,7 +87,7 @@ func assertFirewall(t *testing.T, r *Reconciler, fw plan.Firewall) ObservedFirew
 	}
 	if !o.Table || len(o.Drift) != 0 || !slices.Equal(o.NATPools, wantNAT) || !slices.Equal(o.AllPools, wantAll) ||
 		!slices.Equal(o.VXLANPeers, fw.VXLANPeers) ||
-		!slices.Equal(o.Chains, []string{ChainInput, ChainPostrouting}) ||
+		!slices.Equal(o.Chains, PlannedFirewall(fw).Chains) ||
 		!slices.Equal(o.Sets, []string{SetAllPools, SetNATPools, SetVXLANPeers}) {
 		t.Fatalf("observed firewall %+v\nwant NAT %v, all %v, peers %v, no drift", o, wantNAT, wantAll, fw.VXLANPeers)
 	}
@@ -129,8 +129,8 @@ func TestFirewallApply(t *testing.T) {
 	fw := seedFirewall()
 
 	got := mustApplyFirewall(t, r, fw)
-	// table, 3 sets, counter, 2 chains, 3 rules, 2+2+2 elements
-	if want := (Counts{Added: 16}); got != want {
+	// table, 3 sets, counter, 3 chains, 3 rules, 2+2+2 elements
+	if want := (Counts{Added: 17}); got != want {
 		t.Fatalf("first ApplyFirewall = %+v, want %+v", got, want)
 	}
 	assertFirewall(t, r, fw)
@@ -159,8 +159,9 @@ func TestFirewallApply(t *testing.T) {
 			"type nat hook postrouting priority srcnat; policy accept;",
 			`meta l4proto udp ip saddr @nat-pools ip daddr != @all-pools masquerade to :4790-65535 random,fully-random comment "twill:masq-udp"`,
 			`ip saddr @nat-pools ip daddr != @all-pools masquerade random,fully-random comment "twill:masq"`,
-			"type filter hook input priority filter - 1; policy accept;",
-			`udp dport 4789 ip saddr != @vxlan-peers counter name "vxlan-dropped" drop comment "twill:vxlan-allow"`,
+			"type filter hook prerouting priority raw; policy accept;",
+			`udp dport 4789 ip saddr != @vxlan-peers fib daddr type != unicast counter name "vxlan-dropped" drop comment "twill:vxlan-allow"`,
+			"type filter hook output priority raw; policy accept;",
 			"elements = { 192.168.3.242, 192.168.3.243 }",
 		} {
 			if !strings.Contains(out, want) {
@@ -219,7 +220,9 @@ func TestApplyLeavesZeroFirewallAlone(t *testing.T) {
 	dp := seedPlan()
 	dp.Firewall = seedFirewall()
 	res := mustApply(t, r, dp)
-	if res.Firewall != (Counts{Added: 16}) {
+	// As from ApplyFirewall, and the two notrack rules of the device's
+	// local address.
+	if res.Firewall != (Counts{Added: 19}) {
 		t.Fatalf("Apply with a firewall: %+v", res)
 	}
 	assertFirewall(t, r, dp.Firewall)
@@ -286,11 +289,11 @@ func TestFirewallHealsHandEdits(t *testing.T) {
 			mustFlush(t, c)
 		}, Counts{Deleted: 1}},
 		{"chain flushed", func(t *testing.T) {
-			c.FlushChain(&nftables.Chain{Table: fwTable, Name: ChainInput})
+			c.FlushChain(&nftables.Chain{Table: fwTable, Name: ChainPrerouting})
 			mustFlush(t, c)
 		}, Counts{Added: 1}},
 		{"rule inserted before ours", func(t *testing.T) {
-			c.InsertRule(&nftables.Rule{Table: fwTable, Chain: &nftables.Chain{Table: fwTable, Name: ChainInput},
+			c.InsertRule(&nftables.Rule{Table: fwTable, Chain: &nftables.Chain{Table: fwTable, Name: ChainPrerouting},
 				Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
 			mustFlush(t, c)
 		}, Counts{Added: 1, Deleted: 2}},
@@ -308,11 +311,11 @@ func TestFirewallHealsHandEdits(t *testing.T) {
 		{"table deleted", func(t *testing.T) {
 			c.DelTable(fwTable)
 			mustFlush(t, c)
-		}, Counts{Added: 16}},
+		}, Counts{Added: 17}},
 		{"stray chain", func(t *testing.T) {
 			c.AddChain(&nftables.Chain{Table: fwTable, Name: "twstray"})
 			mustFlush(t, c)
-		}, Counts{Added: 16, Deleted: 1}},
+		}, Counts{Added: 17, Deleted: 1}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -358,7 +361,7 @@ func TestFirewallRebuildsWhenRefused(t *testing.T) {
 	if len(errs) != 0 {
 		t.Fatalf("reconcile from a stale view: %v", errs)
 	}
-	if res.Firewall != (Counts{Added: 15, Deleted: 1}) {
+	if res.Firewall != (Counts{Added: 16, Deleted: 1}) {
 		t.Fatalf("reconcile from a stale view = %+v; want the table rebuilt", res.Firewall)
 	}
 	assertFirewall(t, r, fw)
@@ -400,7 +403,7 @@ func TestFirewallKeepsCounterOnRebuild(t *testing.T) {
 		t.Fatalf("stray counter not seen: %+v, %v", o, err)
 	}
 	before := o.Dropped
-	if got := mustApplyFirewall(t, r, fw); got != (Counts{Added: 16, Deleted: 1}) {
+	if got := mustApplyFirewall(t, r, fw); got != (Counts{Added: 17, Deleted: 1}) {
 		t.Fatalf("ApplyFirewall = %+v, want the table rebuilt", got)
 	}
 	if o := assertFirewall(t, r, fw); o.Dropped != before {
@@ -416,14 +419,7 @@ func TestFirewallSubscribe(t *testing.T) {
 	mustApplyFirewall(t, r, fw)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	sig, err := r.Subscribe(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !waitSignal(sig, 5*time.Second) {
-		t.Fatal("no initial signal")
-	}
-	settle(sig, 300*time.Millisecond)
+	sig := subscribe(t, ctx, r, 300*time.Millisecond)
 
 	// Twill's own writes do not signal.
 	fw.VXLANPeers = append(fw.VXLANPeers, ma("192.168.3.250"))
@@ -468,14 +464,7 @@ func TestFirewallSubscribe(t *testing.T) {
 		})
 	}
 	cancel()
-	deadline := time.After(5 * time.Second)
-	for open := true; open; {
-		select {
-		case _, open = <-sig:
-		case <-deadline:
-			t.Fatal("signal channel not closed within 5s of cancelling")
-		}
-	}
+	awaitClosed(t, sig)
 }
 
 // lab is three namespaces: a pod, its node (where the reconciler works) and
@@ -492,25 +481,8 @@ type lab struct {
 	pod, node, out *testNS
 }
 
-func newBareNS(tb testing.TB, role string) *testNS {
-	tb.Helper()
-	needPrivilege(tb)
-	name := fmt.Sprintf("twfw-%s-%06x", role, rand.Uint32()&0xffffff)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		tb.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	tb.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			tb.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	t := &testNS{name: name, path: "/var/run/netns/" + name}
-	t.ip(tb, "link set lo up")
-	return t
-}
-
 func newLab(t *testing.T) *lab {
-	l := &lab{pod: newBareNS(t, "pod"), node: newBareNS(t, "node"), out: newBareNS(t, "out")}
+	l := &lab{pod: newBareNS(t, "fw-pod"), node: newBareNS(t, "fw-node"), out: newBareNS(t, "fw-out")}
 	n, o, p := l.node, l.out, l.pod
 	n.ip(t, "link add twp0 address ee:ee:ee:ee:ee:ee type veth peer name tweth0 netns "+p.name)
 	n.ip(t, "link add twn0 type veth peer name two0 netns "+o.name)
@@ -544,26 +516,11 @@ func newLab(t *testing.T) *lab {
 	return l
 }
 
-// inNetns runs f on a thread switched into the namespace at path. The
-// thread is never switched back: it ends with its goroutine.
+// inNetns runs f on a thread switched into the namespace at path and fails
+// the test if f or the switch fails.
 func inNetns(tb testing.TB, path string, f func() error) {
 	tb.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the runtime retires the thread
-		h, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		errc <- f()
-	}()
-	if err := <-errc; err != nil {
+	if err := nettest.InNetns(path, f); err != nil {
 		tb.Fatalf("in %s: %v", path, err)
 	}
 }
@@ -571,72 +528,20 @@ func inNetns(tb testing.TB, path string, f func() error) {
 // udpIn opens a UDP socket bound to laddr inside the namespace.
 func udpIn(tb testing.TB, ns *testNS, laddr string) *net.UDPConn {
 	tb.Helper()
-	var conn *net.UDPConn
-	inNetns(tb, ns.path, func() error {
-		a, err := net.ResolveUDPAddr("udp4", laddr)
-		if err != nil {
-			return err
-		}
-		conn, err = net.ListenUDP("udp4", a)
-		return err
-	})
-	tb.Cleanup(func() { conn.Close() })
-	return conn
+	return nettest.ListenUDP(tb, ns.path, laddr)
 }
 
-// udpServer records where each datagram came from and echoes it back.
-type udpServer struct {
-	conn *net.UDPConn
-	seen chan datagram
-}
-
-type datagram struct {
-	payload string
-	from    netip.AddrPort
-}
-
-func newUDPServer(tb testing.TB, ns *testNS, laddr string, echo bool) *udpServer {
-	s := &udpServer{conn: udpIn(tb, ns, laddr), seen: make(chan datagram, 1024)}
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := s.conn.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return // closed by the test's cleanup
-			}
-			select {
-			case s.seen <- datagram{string(buf[:n]), from}:
-			default:
-			}
-			if echo {
-				s.conn.WriteToUDPAddrPort(buf[:n], from) // fails without a route back: the point
-			}
-		}
-	}()
-	return s
-}
-
-// await waits up to d for the datagram with the payload, skipping others.
-func (s *udpServer) await(payload string, d time.Duration) (netip.AddrPort, bool) {
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	for {
-		select {
-		case g := <-s.seen:
-			if g.payload == payload {
-				return g.from, true
-			}
-		case <-deadline.C:
-			return netip.AddrPort{}, false
-		}
-	}
+// newUDPServer listens on laddr inside the namespace, echoing if asked.
+func newUDPServer(tb testing.TB, ns *testNS, laddr string, echo bool) *nettest.UDPServer {
+	tb.Helper()
+	return nettest.NewUDPServer(tb, ns.path, laddr, echo)
 }
 
 // probe sends one datagram from a fresh socket bound to src in ns (a new
 // flow, so a new conntrack entry) to the server at dst, and reports the
 // source the server saw and whether the echo came back. An echo that is
 // not wanted is waited for briefly; one that is, up to 5 s.
-func probe(t *testing.T, ns *testNS, src string, srv *udpServer, dst string, wantEcho bool) (from netip.AddrPort, local netip.AddrPort, echoed bool) {
+func probe(t *testing.T, ns *testNS, src string, srv *nettest.UDPServer, dst string, wantEcho bool) (from netip.AddrPort, local netip.AddrPort, echoed bool) {
 	t.Helper()
 	conn := udpIn(t, ns, src)
 	defer conn.Close()
@@ -644,7 +549,7 @@ func probe(t *testing.T, ns *testNS, src string, srv *udpServer, dst string, wan
 	if _, err := conn.WriteToUDPAddrPort([]byte(payload), netip.MustParseAddrPort(dst)); err != nil {
 		t.Fatalf("send to %s: %v", dst, err)
 	}
-	from, ok := srv.await(payload, 5*time.Second)
+	from, ok := srv.Await(payload, 5*time.Second)
 	if !ok {
 		t.Fatalf("the server at %s never got the probe from %s", dst, src)
 	}
@@ -798,7 +703,7 @@ func TestFirewallVXLANAllowList(t *testing.T) {
 		send(stranger, "192.168.50.1:4789")
 		p := send(peer, "192.168.50.1:4789")
 		if peerOK {
-			if _, ok := vx.await(p, 5*time.Second); !ok {
+			if _, ok := vx.Await(p, 5*time.Second); !ok {
 				t.Fatalf("%s: the peer's VXLAN never reached the node", what)
 			}
 			awaitDrops(what+" (the stranger's)", before, 1)

@@ -183,12 +183,13 @@ func TestDiffFirewall(t *testing.T) {
 	w := effectiveFirewall(in, cw, nil, fwKernel{})
 	rules := map[string][]ruleWant{
 		ChainPostrouting: {{Comment: "udp", Sig: "udp-full", Interim: "udp-interim"}, {Comment: "all", Sig: "all"}},
-		ChainInput:       {{Comment: "vx", Sig: "vx"}},
+		ChainPrerouting:  {{Comment: "vx", Sig: "vx"}},
 	}
 	converged := func() fwKernel {
 		k := fwKernel{Table: true, Counter: true, CounterOK: true, Sets: map[string]fwSetState{}, Chains: map[string]fwChainState{
 			ChainPostrouting: {OK: true, Rules: []fwRuleState{{1, "udp-full"}, {2, "all"}}},
-			ChainInput:       {OK: true, Rules: []fwRuleState{{3, "vx"}}},
+			ChainPrerouting:  {OK: true, Rules: []fwRuleState{{3, "vx"}}},
+			ChainOutput:      {OK: true},
 		}}
 		for _, s := range fwSets {
 			k.Sets[s] = fwSetState{OK: true, Elems: w.elems(s)}
@@ -226,16 +227,16 @@ func TestDiffFirewall(t *testing.T) {
 	}
 
 	k = converged()
-	k.Chains[ChainInput] = fwChainState{OK: true, Rules: []fwRuleState{{9, "accept"}, {3, "vx"}}}
+	k.Chains[ChainPrerouting] = fwChainState{OK: true, Rules: []fwRuleState{{9, "accept"}, {3, "vx"}}}
 	delete(k.Chains, ChainPostrouting)
 	k.Counter = false
 	c = diffFirewall(w, rules, k)
-	if !slices.Equal(c.Refill, []string{ChainPostrouting, ChainInput}) || !slices.Equal(c.CreateChains, []string{ChainPostrouting}) || !c.CreateCounter {
+	if !slices.Equal(c.Refill, []string{ChainPrerouting, ChainPostrouting}) || !slices.Equal(c.CreateChains, []string{ChainPostrouting}) || !c.CreateCounter {
 		t.Fatalf("chain drift: %+v", c)
 	}
 
 	k = converged()
-	k.Chains[ChainInput] = fwChainState{OK: false, Rules: []fwRuleState{{3, "vx"}}}
+	k.Chains[ChainPrerouting] = fwChainState{OK: false, Rules: []fwRuleState{{3, "vx"}}}
 	if c := diffFirewall(w, rules, k); c.Recreate == "" {
 		t.Fatalf("chain with another hook: %+v, want a rebuild", c)
 	}
@@ -283,7 +284,7 @@ func TestPlannedFirewall(t *testing.T) {
 		NATPools:   []netip.Prefix{mp("10.0.1.0/24"), mp("172.16.5.0/24")},
 		AllPools:   []netip.Prefix{mp("10.0.0.0/23"), mp("172.16.0.0/16")}, // NAT pools count as pools; touching ones merge
 		VXLANPeers: []netip.Addr{ma("192.168.3.242"), ma("192.168.3.243")},
-		Chains:     []string{ChainInput, ChainPostrouting},
+		Chains:     []string{ChainOutput, ChainPostrouting, ChainPrerouting},
 		Sets:       []string{SetAllPools, SetNATPools, SetVXLANPeers},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -291,5 +292,76 @@ func TestPlannedFirewall(t *testing.T) {
 	}
 	if empty := PlannedFirewall(plan.Firewall{Complete: true}); !empty.Table || len(empty.NATPools)+len(empty.AllPools)+len(empty.VXLANPeers) != 0 {
 		t.Fatalf("PlannedFirewall of an empty plan = %+v, want the table with empty sets", empty)
+	}
+}
+
+// TestFirewallNATChainFollowsNATPools checks that the nat chain, which turns
+// on connection tracking for the whole namespace, is wanted only while some
+// pool has natOutgoing, and that a table holding it without one drops it.
+func TestFirewallNATChainFollowsNATPools(t *testing.T) {
+	pools := []netip.Prefix{mp("172.16.0.0/16")}
+	noNAT := plan.Firewall{AllPools: pools, VXLANPeers: []netip.Addr{ma("192.168.3.242")}, Complete: true}
+	nat := noNAT
+	nat.NATPools = pools
+	want := func(fw plan.Firewall) fwWant {
+		cw, errs := wantFirewall(fw)
+		if len(errs) != 0 {
+			t.Fatal(errs)
+		}
+		return effectiveFirewall(fw, cw, nil, fwKernel{})
+	}
+	if got := want(noNAT).chains(); !slices.Equal(got, []string{ChainPrerouting, ChainOutput}) {
+		t.Fatalf("chains without natOutgoing = %v, want prerouting and output only", got)
+	}
+	if got := want(nat).chains(); !slices.Equal(got, []string{ChainPrerouting, ChainOutput, ChainPostrouting}) {
+		t.Fatalf("chains with natOutgoing = %v, want prerouting, output and postrouting", got)
+	}
+	if got := PlannedFirewall(noNAT).Chains; !slices.Equal(got, []string{ChainOutput, ChainPrerouting}) {
+		t.Fatalf("PlannedFirewall without natOutgoing lists chains %v", got)
+	}
+
+	// A table made while a pool had natOutgoing: once none has, the nat
+	// chain goes (with its rules), in place.
+	w := want(noNAT)
+	k := fwKernel{Table: true, Counter: true, CounterOK: true, Sets: map[string]fwSetState{}, Chains: map[string]fwChainState{
+		ChainPrerouting:  {OK: true, Rules: []fwRuleState{{1, "vx"}}},
+		ChainOutput:      {OK: true},
+		ChainPostrouting: {OK: true, Rules: []fwRuleState{{2, "udp"}, {3, "all"}}},
+	}}
+	for _, s := range fwSets {
+		k.Sets[s] = fwSetState{OK: true, Elems: w.elems(s)}
+	}
+	rules := map[string][]ruleWant{ChainPrerouting: {{Comment: "vx", Sig: "vx"}}}
+	c := diffFirewall(w, rules, k)
+	if c.Recreate != "" || !slices.Equal(c.DeleteChains, []string{ChainPostrouting}) || len(c.Refill) != 0 || len(c.CreateChains) != 0 {
+		t.Fatalf("nat chain without NAT pools: %+v, want it deleted in place and nothing else", c)
+	}
+	// Without it, the table matches.
+	delete(k.Chains, ChainPostrouting)
+	if c := diffFirewall(w, rules, k); !c.empty() {
+		t.Fatalf("table without the nat chain drifts: %v", c.Drift)
+	}
+	// A chain of an older layout (the input chain before raw-priority
+	// chains) is not Twill's any more: the table is rebuilt.
+	k.Stray = []string{"chain input"}
+	if c := diffFirewall(w, rules, k); c.Recreate == "" {
+		t.Fatalf("old input chain: %+v, want a rebuild", c)
+	}
+}
+
+func TestVXLANLocal(t *testing.T) {
+	for _, tc := range []struct {
+		dev  *plan.Device
+		want netip.Addr
+	}{
+		{nil, netip.Addr{}},
+		{&plan.Device{}, netip.Addr{}},
+		{&plan.Device{LocalIP: ma("192.168.3.241")}, ma("192.168.3.241")},
+		{&plan.Device{LocalIP: ma("::ffff:192.168.3.241")}, ma("192.168.3.241")},
+		{&plan.Device{LocalIP: ma("fd00::1")}, netip.Addr{}}, // the firewall is IPv4 only
+	} {
+		if got := vxlanLocal(tc.dev); got != tc.want {
+			t.Errorf("vxlanLocal(%+v) = %v, want %v", tc.dev, got, tc.want)
+		}
 	}
 }

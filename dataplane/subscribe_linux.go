@@ -193,26 +193,38 @@ func (w *nlWatcher[T]) run(ctx context.Context, notify func()) {
 		if time.Since(began) > stableAfter {
 			backoff = minBackoff
 		}
-		for {
-			t := time.NewTimer(backoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			backoff = min(backoff*2, maxBackoff)
-			err := w.start(false)
-			if err == nil {
-				break
-			}
-			if errors.Is(err, errClosed) {
-				return
-			}
+		if !resubscribe(ctx, &backoff, w.start, func(err error) {
 			w.r.log.Warn("netlink resubscribe failed", "events", w.kind, "err", err, "retry_in", backoff)
+		}) {
+			return
 		}
 		// Events may have been lost while unsubscribed.
 		notify()
+	}
+}
+
+// resubscribe calls start(false) after *backoff, doubling *backoff up to
+// maxBackoff after each try, until a try succeeds (true) or ctx is done or
+// the reconciler is closed (false). failed hears of each failed try, with
+// *backoff already set to the wait before the next one.
+func resubscribe(ctx context.Context, backoff *time.Duration, start func(locked bool) error, failed func(error)) bool {
+	for {
+		t := time.NewTimer(*backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		*backoff = min(*backoff*2, maxBackoff)
+		err := start(false)
+		if err == nil {
+			return true
+		}
+		if errors.Is(err, errClosed) {
+			return false
+		}
+		failed(err)
 	}
 }
 

@@ -114,14 +114,7 @@ func TestClosedReconciler(t *testing.T) {
 		t.Errorf("Subscribe after Close: err = %v, want errClosed", err)
 	}
 	cancel()
-	deadline := time.After(5 * time.Second)
-	for open := true; open; {
-		select {
-		case _, open = <-sig:
-		case <-deadline:
-			t.Fatal("signal channel not closed within 5s of cancelling")
-		}
-	}
+	awaitClosed(t, sig)
 	if r.ns.IsOpen() {
 		t.Error("namespace handle still open after Close and the last subscription ended")
 	}

@@ -11,6 +11,7 @@ import (
 
 	"twill.dev/twill/api"
 	"twill.dev/twill/explain"
+	"twill.dev/twill/internal/seedtest"
 	"twill.dev/twill/plan"
 )
 
@@ -31,7 +32,7 @@ func setNode(c *explain.Cluster, name string, f func(*api.NodeSpec)) {
 // same-subnet pods go directly over eth0, cross-subnet pods over VXLAN with
 // the captured VNI, port, outer addresses, VTEP MACs and lengths.
 func TestSeedPaths(t *testing.T) {
-	s := loadSeed(t)
+	s := seedtest.Load(t)
 	c := seedClusterInput(t, s)
 	same := s.Observed.Captures["same_subnet"]
 	cross := s.Observed.Captures["cross_subnet"]
@@ -155,7 +156,7 @@ func TestSeedPaths(t *testing.T) {
 }
 
 func TestMisconfigurations(t *testing.T) {
-	s := loadSeed(t)
+	s := seedtest.Load(t)
 	cases := []struct {
 		name     string
 		change   func(c *explain.Cluster)
@@ -240,7 +241,7 @@ func TestMisconfigurations(t *testing.T) {
 			dst:    "k8s-master1-pod-3",
 			fwd:    explain.ViaLocal,
 			ret:    explain.ViaLocal,
-			notes:  []string{"are both on k8s-master1", caliName("k8s-master1-pod-3")},
+			notes:  []string{"are both on k8s-master1", seedtest.CaliName("k8s-master1-pod-3")},
 			status: "",
 		},
 		{
@@ -315,7 +316,7 @@ func TestMisconfigurations(t *testing.T) {
 }
 
 func TestResolve(t *testing.T) {
-	s := loadSeed(t)
+	s := seedtest.Load(t)
 	c := seedClusterInput(t, s)
 	same := func(a, b string) {
 		t.Helper()
@@ -366,7 +367,7 @@ func TestResolve(t *testing.T) {
 }
 
 func TestNodeEndpoints(t *testing.T) {
-	s := loadSeed(t)
+	s := seedtest.Load(t)
 	c := seedClusterInput(t, s)
 	// A node to itself: its tunnel address is local, not blackholed.
 	p, err := explain.Explain(c, "k8s-master1-pod-0", "k8s-master1")
@@ -391,7 +392,7 @@ func TestNodeEndpoints(t *testing.T) {
 }
 
 func TestPodWithoutWorkload(t *testing.T) {
-	s := loadSeed(t)
+	s := seedtest.Load(t)
 	c := seedClusterInput(t, s)
 	// Drop node1's first workload: the pod keeps its address in IPAM.
 	c.Workloads = slices.DeleteFunc(c.Workloads, func(w api.WorkloadEndpoint) bool { return w.Spec.Pod == "k8s-node1-pod-0" })
@@ -405,7 +406,7 @@ func TestPodWithoutWorkload(t *testing.T) {
 }
 
 func TestTextAndJSON(t *testing.T) {
-	s := loadSeed(t)
+	s := seedtest.Load(t)
 	c := seedClusterInput(t, s)
 	p, err := explain.Explain(c, "k8s-master1-pod-0", "k8s-node1-pod-0")
 	if err != nil {
@@ -417,7 +418,7 @@ func TestTextAndJSON(t *testing.T) {
 		"Forward: k8s-master1 → k8s-node1", "Return: k8s-node1 → k8s-master1",
 		"VNI 4096, UDP port 4789", "192.168.3.241 → 192.168.32.105", "66:04:84:48:ab:6a → 66:8c:73:5a:90:99",
 		"148 bytes", "98 bytes", "1450 on vxlan.calico",
-		p.Forward.Route.IPRoute, p.Forward.Route.RouteN, caliName("k8s-master1-pod-0"),
+		p.Forward.Route.IPRoute, p.Forward.Route.RouteN, seedtest.CaliName("k8s-master1-pod-0"),
 	} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("text lacks %q:\n%s", want, txt)
@@ -454,7 +455,7 @@ func kernelOf(dp plan.Dataplane) *explain.Kernel {
 }
 
 func TestCheckLive(t *testing.T) {
-	s := loadSeed(t)
+	s := seedtest.Load(t)
 	c := seedClusterInput(t, s)
 	kernels := func() map[string]*explain.Kernel {
 		return map[string]*explain.Kernel{
@@ -513,7 +514,7 @@ func TestCheckLive(t *testing.T) {
 }
 
 func TestDiffRoutes(t *testing.T) {
-	s := loadSeed(t)
+	s := seedtest.Load(t)
 	c := seedClusterInput(t, s)
 	dp := explain.PlanNode(c, "k8s-master1")
 	k := kernelOf(dp)

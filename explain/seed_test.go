@@ -1,92 +1,23 @@
 package explain_test
 
 import (
-	"crypto/sha1"
-	"encoding/hex"
-	"fmt"
 	"net/netip"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
-	"sigs.k8s.io/yaml"
-
 	"twill.dev/twill/api"
 	"twill.dev/twill/explain"
+	"twill.dev/twill/internal/seedtest"
 	"twill.dev/twill/plan"
 )
-
-// seedPath is the seed cluster as data, shared with package plan's tests.
-const seedPath = "../plan/testdata/seed-cluster.yaml"
-
-// seedCluster is the part of the seed file these tests use.
-type seedCluster struct {
-	Pools []struct {
-		Name      string `json:"name"`
-		CIDR      string `json:"cidr"`
-		BlockSize int    `json:"blockSize"`
-		VXLANMode string `json:"vxlanMode"`
-		IPIPMode  string `json:"ipipMode"`
-	} `json:"pools"`
-	VXLAN struct {
-		Device string `json:"device"`
-		VNI    int    `json:"vni"`
-		Port   int    `json:"port"`
-		MTU    int    `json:"mtu"`
-	} `json:"vxlan"`
-	Nodes []struct {
-		Name    string   `json:"name"`
-		Address string   `json:"address"`
-		Block   string   `json:"block"`
-		Pods    []string `json:"pods"`
-	} `json:"nodes"`
-	Observed struct {
-		VTEPs map[string]struct {
-			Address string `json:"address"`
-			MAC     string `json:"mac"`
-			MTU     int    `json:"mtu"`
-		} `json:"vteps"`
-		RouteN   map[string]string `json:"route_n"`
-		Captures map[string]struct {
-			PodIface string `json:"pod_iface"`
-			VXLAN    string `json:"vxlan"`
-			ETH0     string `json:"eth0"`
-		} `json:"captures"`
-	} `json:"observed"`
-}
-
-func loadSeed(t testing.TB) *seedCluster {
-	t.Helper()
-	b, err := os.ReadFile(seedPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s seedCluster
-	if err := yaml.Unmarshal(b, &s); err != nil {
-		t.Fatalf("parse %s: %v", seedPath, err)
-	}
-	if len(s.Nodes) != 4 || len(s.Pools) != 1 || len(s.Observed.Captures) != 2 {
-		t.Fatalf("seed parsed to %d nodes, %d pools, %d captures; want 4, 1, 2", len(s.Nodes), len(s.Pools), len(s.Observed.Captures))
-	}
-	return &s
-}
-
-// caliName is the host-side veth name of pod default/<pod>.
-func caliName(pod string) string {
-	sum := sha1.Sum([]byte("default." + pod))
-	return "cali" + hex.EncodeToString(sum[:])[:11]
-}
-
-// podName names the seed node's i-th pod (from 0).
-func podName(node string, i int) string { return fmt.Sprintf("%s-pod-%d", node, i) }
 
 // seedClusterInput builds the cluster the seed describes: each node with
 // eth0, MTU 1500, its block's first address as tunnel address and the
 // observed VTEP MAC; pinned blocks holding the tunnel address and the pods;
 // a workload endpoint per pod.
-func seedClusterInput(t testing.TB, s *seedCluster) explain.Cluster {
+func seedClusterInput(t testing.TB, s *seedtest.Cluster) explain.Cluster {
 	t.Helper()
 	c := explain.Cluster{VXLAN: plan.VXLANConfig{Device: s.VXLAN.Device, VNI: s.VXLAN.VNI, Port: s.VXLAN.Port}}
 	for _, p := range s.Pools {
@@ -112,7 +43,7 @@ func seedClusterInput(t testing.TB, s *seedCluster) explain.Cluster {
 				Attrs: map[string]string{api.AttrNode: n.Name}}},
 		}
 		for i, ip := range n.Pods {
-			pod := podName(n.Name, i)
+			pod := seedtest.PodName(n.Name, i)
 			a := netip.MustParseAddr(ip)
 			off := int(a.As4()[3] - block.Addr().As4()[3])
 			b.Allocations = append(b.Allocations, api.Allocation{Ordinal: off, Handle: "c-" + pod + ".eth0", Use: api.UseWorkload,
@@ -121,7 +52,7 @@ func seedClusterInput(t testing.TB, s *seedCluster) explain.Cluster {
 				TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindWorkloadEndpoint},
 				Metadata: api.ObjectMeta{Name: pod},
 				Spec: api.WorkloadEndpointSpec{Node: n.Name, Namespace: "default", Pod: pod, ContainerID: "c-" + pod, IfName: "eth0",
-					Handle: "c-" + pod + ".eth0", HostIface: caliName(pod), Addresses: []string{ip + "/32"}},
+					Handle: "c-" + pod + ".eth0", HostIface: seedtest.CaliName(pod), Addresses: []string{ip + "/32"}},
 			})
 		}
 		c.Blocks = append(c.Blocks, b)
@@ -131,7 +62,7 @@ func seedClusterInput(t testing.TB, s *seedCluster) explain.Cluster {
 
 // seedRouteN returns the seed's `route -n` line for dst on node, with
 // runs of spaces collapsed.
-func seedRouteN(t *testing.T, s *seedCluster, node, dst string) string {
+func seedRouteN(t *testing.T, s *seedtest.Cluster, node, dst string) string {
 	t.Helper()
 	for _, l := range strings.Split(s.Observed.RouteN[node], "\n") {
 		if f := strings.Fields(l); len(f) > 0 && f[0] == dst {

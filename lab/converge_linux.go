@@ -81,6 +81,14 @@ func (sn *snapshot) input(node string, vx plan.VXLANConfig) plan.Input {
 // kernelRoutes returns the IPv4 main-table routes of protocol
 // plan.RouteProtocol in the named namespace, as plan routes.
 func kernelRoutes(nsName string) ([]plan.Route, error) {
+	return mainRoutes(nsName, func(r netlink.Route, _ plan.Route) bool {
+		return int(r.Protocol) == plan.RouteProtocol
+	})
+}
+
+// mainRoutes returns the IPv4 main-table routes with a destination in the
+// named namespace that keep accepts, as plan routes.
+func mainRoutes(nsName string, keep func(r netlink.Route, pr plan.Route) bool) ([]plan.Route, error) {
 	var out []plan.Route
 	err := withHandle(nsName, func(h *netlink.Handle, _ netns.NsHandle) error {
 		links, err := h.LinkList()
@@ -96,10 +104,12 @@ func kernelRoutes(nsName string) ([]plan.Route, error) {
 			return fmt.Errorf("list routes: %w", err)
 		}
 		for _, r := range rs {
-			if int(r.Protocol) != plan.RouteProtocol || r.Dst == nil {
+			if r.Dst == nil {
 				continue
 			}
-			out = append(out, planRoute(r, names))
+			if pr := planRoute(r, names); keep(r, pr) {
+				out = append(out, pr)
+			}
 		}
 		return nil
 	})

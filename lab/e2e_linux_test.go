@@ -23,8 +23,26 @@ import (
 
 	"twill.dev/twill/cni"
 	"twill.dev/twill/explain"
+	"twill.dev/twill/internal/nettest"
 	"twill.dev/twill/plan"
 )
+
+// podLabOptions checks for the privileges, builds the real binaries and
+// returns test options for a lab built up to its pods, which the CNI
+// plugin plumbs.
+func podLabOptions(t *testing.T) Options {
+	t.Helper()
+	nettest.RequireRoot(t, "ip")
+	twill, plugin := buildBinaries(t)
+	opts := testOptions(t, StagePods)
+	opts.Exe, opts.CNIPlugin = twill, plugin
+	pods, err := NewCNIPodAdder(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Pods = pods
+	return opts
+}
 
 // buildBinaries builds the twill binary and the CNI plugin for the lab to
 // run: the real datastore, agents and plugin, not stand-ins.
@@ -108,17 +126,9 @@ func podNetworkLines(lines []string) []string {
 // every other, and each node pair's path, captured on eth0, with the seed's
 // tcpdump lines.
 func TestEndToEndSeed(t *testing.T) {
-	needPrivilege(t)
-	twill, plugin := buildBinaries(t)
-	seed := loadSeedObserved(t)
-	opts := testOptions(t, StagePods)
-	opts.Exe, opts.CNIPlugin = twill, plugin
+	opts := podLabOptions(t)
 	opts.ConvergeTimeout = 90 * time.Second
-	pods, err := NewCNIPodAdder(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Pods = pods
+	seed := loadSeedObserved(t)
 	topo, err := Load("seed")
 	if err != nil {
 		t.Fatal(err)
@@ -227,7 +237,7 @@ func TestEndToEndSeed(t *testing.T) {
 	}
 
 	// `twill explain` tells the captures' story, pair by pair.
-	checkExplainAgrees(ctx, t, twill, opts, r)
+	checkExplainAgrees(ctx, t, opts.Exe, opts, r)
 
 	// A route deleted by hand comes back (the seed's closing remark).
 	code, err := Exec(ctx, opts, "k8s-master1", []string{"ip", "route", "del", "172.16.36.64/26"}, nil, &strings.Builder{}, &strings.Builder{})
@@ -270,15 +280,7 @@ func TestEndToEndSeed(t *testing.T) {
 // counts (IPAM picks), /24, /25 and /22 subnets, a plain outside host that
 // pods reach only through natOutgoing.
 func TestEndToEndThreeSubnets(t *testing.T) {
-	needPrivilege(t)
-	twill, plugin := buildBinaries(t)
-	opts := testOptions(t, StagePods)
-	opts.Exe, opts.CNIPlugin = twill, plugin
-	pods, err := NewCNIPodAdder(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Pods = pods
+	opts := podLabOptions(t)
 	topo, err := Load("three-subnets")
 	if err != nil {
 		t.Fatal(err)
@@ -324,7 +326,7 @@ func TestEndToEndThreeSubnets(t *testing.T) {
 		}
 	}
 
-	checkExplainAgrees(ctx, t, twill, opts, r)
+	checkExplainAgrees(ctx, t, opts.Exe, opts, r)
 
 	recorded, err := LoadState(opts.StateDir)
 	if err != nil {

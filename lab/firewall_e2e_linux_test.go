@@ -26,6 +26,7 @@ import (
 	"twill.dev/twill/dataplane"
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/datastore/etcd"
+	"twill.dev/twill/internal/nettest"
 )
 
 // The host firewall end to end, in a lab built from the seed cluster plus
@@ -76,70 +77,18 @@ func firewallTopology(t *testing.T) *Topology {
 // socket stays in that namespace whatever thread uses it.
 func udpIn(t *testing.T, ns, laddr string) *net.UDPConn {
 	t.Helper()
-	var conn *net.UDPConn
-	err := inNetns(NetnsPath(ns), func() error {
-		a, err := net.ResolveUDPAddr("udp4", laddr)
-		if err != nil {
-			return err
-		}
-		conn, err = net.ListenUDP("udp4", a)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("UDP socket on %s in %s: %v", laddr, ns, err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
-}
-
-// datagram is one datagram a udpServer received.
-type datagram struct {
-	payload string
-	from    netip.AddrPort
+	return nettest.ListenUDP(t, NetnsPath(ns), laddr)
 }
 
 // udpServer records where each datagram came from and echoes it back.
 type udpServer struct {
+	*nettest.UDPServer
 	addr netip.AddrPort
-	seen chan datagram
 }
 
 func newUDPServer(t *testing.T, ns, laddr string) *udpServer {
 	t.Helper()
-	conn := udpIn(t, ns, laddr)
-	s := &udpServer{addr: netip.MustParseAddrPort(laddr), seen: make(chan datagram, 256)}
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := conn.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return // closed by the test's cleanup
-			}
-			select {
-			case s.seen <- datagram{string(buf[:n]), from}:
-			default:
-			}
-			// Fails, or goes nowhere, without a way back: the point.
-			_, _ = conn.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	return s
-}
-
-// await waits up to d for the datagram with payload, skipping others.
-func (s *udpServer) await(payload string, d time.Duration) (netip.AddrPort, bool) {
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	for {
-		select {
-		case g := <-s.seen:
-			if g.payload == payload {
-				return g.from, true
-			}
-		case <-deadline.C:
-			return netip.AddrPort{}, false
-		}
-	}
+	return &udpServer{UDPServer: nettest.NewUDPServer(t, NetnsPath(ns), laddr, true), addr: netip.MustParseAddrPort(laddr)}
 }
 
 // udpProbe sends one datagram from a fresh socket in ns (a new flow, so a
@@ -154,7 +103,7 @@ func udpProbe(t *testing.T, ns string, srv *udpServer, echoWait time.Duration) (
 	if _, err := conn.WriteToUDPAddrPort([]byte(payload), srv.addr); err != nil {
 		t.Fatalf("send from %s to %s: %v", ns, srv.addr, err)
 	}
-	seen, _ = srv.await(payload, 5*time.Second)
+	seen, _ = srv.Await(payload, 5*time.Second)
 	if err := conn.SetReadDeadline(time.Now().Add(echoWait)); err != nil {
 		t.Fatal(err)
 	}
@@ -239,17 +188,12 @@ func observeFirewall(t *testing.T, ns string) dataplane.ObservedFirewall {
 // holds, and fails the test with what it saw last otherwise.
 func waitFirewall(t *testing.T, ns, what string, ok func(dataplane.ObservedFirewall) bool) dataplane.ObservedFirewall {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		o := observeFirewall(t, ns)
-		if ok(o) {
-			return o
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 20s; the table in %s is %+v", what, ns, o)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var o dataplane.ObservedFirewall
+	nettest.Eventually(t, 20*time.Second, 50*time.Millisecond, what, func() (bool, string) {
+		o = observeFirewall(t, ns)
+		return ok(o), fmt.Sprintf("the table in %s is %+v", ns, o)
+	})
+	return o
 }
 
 // nftIn opens an nftables connection into the named namespace.
@@ -443,15 +387,7 @@ func outsideHasNoPodRoute(t *testing.T, l *Layout, pod netip.Addr) {
 // a non-node dropped and counted while the same frames from a node pass,
 // the table healing after hand edits, and a foreign table left alone.
 func TestFirewallEndToEnd(t *testing.T) {
-	needPrivilege(t)
-	twill, plugin := buildBinaries(t)
-	opts := testOptions(t, StagePods)
-	opts.Exe, opts.CNIPlugin = twill, plugin
-	pods, err := NewCNIPodAdder(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Pods = pods
+	opts := podLabOptions(t)
 	topo := firewallTopology(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -503,7 +439,7 @@ func TestFirewallEndToEnd(t *testing.T) {
 	pool := []netip.Prefix{netip.MustParsePrefix(fwPoolCIDR)}
 	planned := func(o dataplane.ObservedFirewall) bool {
 		return o.Table && slices.Equal(o.VXLANPeers, peers) && slices.Equal(o.NATPools, pool) && slices.Equal(o.AllPools, pool) &&
-			slices.Equal(o.Chains, []string{dataplane.ChainInput, dataplane.ChainPostrouting})
+			slices.Equal(o.Chains, []string{dataplane.ChainOutput, dataplane.ChainPostrouting, dataplane.ChainPrerouting})
 	}
 	waitFirewall(t, master1.Netns, "k8s-master1's firewall as planned", planned)
 	checkForeign := foreignTables(t, master1.Netns)
@@ -616,7 +552,7 @@ func TestFirewallEndToEnd(t *testing.T) {
 	})
 
 	t.Run("routes --live shows the firewall", func(t *testing.T) {
-		cmd := exec.CommandContext(ctx, twill, "routes", master1.Name, "--live", "--lab-state-dir", opts.StateDir, "--etcd-endpoints", st.Etcd)
+		cmd := exec.CommandContext(ctx, opts.Exe, "routes", master1.Name, "--live", "--lab-state-dir", opts.StateDir, "--etcd-endpoints", st.Etcd)
 		var out, errb bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &errb
 		if err := cmd.Run(); err != nil {

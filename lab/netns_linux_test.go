@@ -18,26 +18,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-)
 
-// needPrivilege skips (or fails under CI=true) when the test cannot build
-// network namespaces.
-func needPrivilege(tb testing.TB) {
-	tb.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root to create network namespaces"
-	} else if _, err := exec.LookPath("ip"); err != nil {
-		why = "needs iproute2's ip"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		tb.Fatal(why)
-	}
-	tb.Skip(why)
-}
+	"twill.dev/twill/internal/nettest"
+)
 
 // testWriter sends progress lines to the test log.
 type testWriter struct{ tb testing.TB }
@@ -163,7 +146,7 @@ func sysctlIn(tb testing.TB, ns, key string) string {
 // and across subnets, the path frames take (captured on eth0), exec, and
 // that the root namespace gained nothing. Down removes everything.
 func TestNetworkSeed(t *testing.T) {
-	needPrivilege(t)
+	nettest.RequireRoot(t, "ip")
 	opts := testOptions(t, StageNetwork)
 	topo, err := Load("seed")
 	if err != nil {
@@ -378,7 +361,7 @@ func fakeExe(tb testing.TB, body string) string {
 // TestUpFailureTearsDown: a datastore that dies makes Up fail, say so, and
 // remove what it built.
 func TestUpFailureTearsDown(t *testing.T) {
-	needPrivilege(t)
+	nettest.RequireRoot(t, "ip")
 	opts := testOptions(t, StageDatastore)
 	opts.Exe = fakeExe(t, "echo etcd cannot start >&2; exit 1")
 	topo, err := Load("three-subnets")
@@ -407,7 +390,7 @@ func TestUpFailureTearsDown(t *testing.T) {
 // TestUpInterruptTearsDown: cancelling Up (Ctrl-C) while it waits for the
 // datastore stops the child and removes everything.
 func TestUpInterruptTearsDown(t *testing.T) {
-	needPrivilege(t)
+	nettest.RequireRoot(t, "ip")
 	opts := testOptions(t, StageDatastore)
 	opts.Exe = fakeExe(t, "exec sleep 60")
 	topo, err := Load("seed")
@@ -449,7 +432,7 @@ func TestUpInterruptTearsDown(t *testing.T) {
 // TestDownAfterCrash: Down removes what a crashed Up recorded (namespaces,
 // a running child, files) from the state file alone.
 func TestDownAfterCrash(t *testing.T) {
-	needPrivilege(t)
+	nettest.RequireRoot(t, "ip")
 	opts := testOptions(t, StageNetwork)
 	topo, err := Load("seed")
 	if err != nil {
@@ -505,7 +488,7 @@ func TestDownAfterCrash(t *testing.T) {
 
 // TestLockBusy: while one lab command holds the lock, up and down say so.
 func TestLockBusy(t *testing.T) {
-	needPrivilege(t)
+	nettest.RequireRoot(t, "ip")
 	opts := testOptions(t, StageNetwork)
 	lk, err := acquireLock(opts.StateDir)
 	if err != nil {

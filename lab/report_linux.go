@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"twill.dev/twill/datastore/etcd"
 	"twill.dev/twill/plan"
@@ -97,33 +95,10 @@ func Report(ctx context.Context, opts Options) (*LabReport, error) {
 // plan.RouteProtocol plus the /32 routes to local pods (host interfaces
 // cali* or those recorded for the lab's pods).
 func podNetworkRoutes(nsName string, hostIfaces map[string]bool) ([]plan.Route, error) {
-	var out []plan.Route
-	err := withHandle(nsName, func(h *netlink.Handle, _ netns.NsHandle) error {
-		links, err := h.LinkList()
-		if err != nil {
-			return fmt.Errorf("list links: %w", err)
-		}
-		names := map[int]string{}
-		for _, l := range links {
-			names[l.Attrs().Index] = l.Attrs().Name
-		}
-		rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		if err != nil {
-			return fmt.Errorf("list routes: %w", err)
-		}
-		for _, r := range rs {
-			if r.Dst == nil {
-				continue
-			}
-			pr := planRoute(r, names)
-			podRoute := pr.Dst.Bits() == 32 && (strings.HasPrefix(pr.Device, "cali") || hostIfaces[pr.Device])
-			if int(r.Protocol) == plan.RouteProtocol || podRoute {
-				out = append(out, pr)
-			}
-		}
-		return nil
+	return mainRoutes(nsName, func(r netlink.Route, pr plan.Route) bool {
+		podRoute := pr.Dst.Bits() == 32 && (strings.HasPrefix(pr.Device, "cali") || hostIfaces[pr.Device])
+		return int(r.Protocol) == plan.RouteProtocol || podRoute
 	})
-	return out, err
 }
 
 // pingOnceOrTwice pings and retries once: the first packet of a new path

