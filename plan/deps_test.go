@@ -15,7 +15,7 @@ func TestDependencyDirection(t *testing.T) {
 	}{
 		{"twill.dev/twill/plan", true},
 		{"twill.dev/twill/api", true},
-		{"twill.dev/twill/ipam", false}, // may not be written yet
+		{"twill.dev/twill/ipam", true},
 	}
 	for _, p := range pkgs {
 		t.Run(p.path, func(t *testing.T) {
