@@ -169,6 +169,23 @@ func handleAt(nsPath string) (*netlink.Handle, error) {
 // from just before the delete until its Watcher saw every Restored event
 // (after the Trigger). Whatever restores it (the agent) must run already.
 func HealSamples(ctx context.Context, nsPath string, v Victim, n, warmup int) ([]time.Duration, error) {
+	return changeSamples(ctx, nsPath, n, warmup, func(h *netlink.Handle, w *Watcher, i int) (time.Duration, error) {
+		t0 := time.Now()
+		if err := v.Delete(h); err != nil {
+			return 0, fmt.Errorf("delete %s (sample %d): %w", v.Name, i+1, err)
+		}
+		at, err := w.Await(ctx, &v.Trigger, v.Restored, healTimeout)
+		if err != nil {
+			return 0, fmt.Errorf("%s was not restored (sample %d): %w", v.Name, i+1, err)
+		}
+		return at.Sub(t0), nil
+	})
+}
+
+// changeSamples opens a netlink handle and a Watcher in the namespace at
+// nsPath and runs one sample warmup+n times, each once the namespace is
+// quiet, keeping the durations of the last n.
+func changeSamples(ctx context.Context, nsPath string, n, warmup int, sample func(h *netlink.Handle, w *Watcher, i int) (time.Duration, error)) ([]time.Duration, error) {
 	h, err := handleAt(nsPath)
 	if err != nil {
 		return nil, err
@@ -182,16 +199,12 @@ func HealSamples(ctx context.Context, nsPath string, v Victim, n, warmup int) ([
 	samples := make([]time.Duration, 0, n)
 	for i := range warmup + n {
 		w.Settle(settleQuiet, settleMax)
-		t0 := time.Now()
-		if err := v.Delete(h); err != nil {
-			return nil, fmt.Errorf("delete %s (sample %d): %w", v.Name, i+1, err)
-		}
-		at, err := w.Await(ctx, &v.Trigger, v.Restored, healTimeout)
+		d, err := sample(h, w, i)
 		if err != nil {
-			return nil, fmt.Errorf("%s was not restored (sample %d): %w", v.Name, i+1, err)
+			return nil, err
 		}
 		if i >= warmup {
-			samples = append(samples, at.Sub(t0))
+			samples = append(samples, d)
 		}
 	}
 	return samples, nil
@@ -211,38 +224,24 @@ type AddOp struct {
 // nsPath and returns for the last n the time from just before Add until
 // the Watcher saw every Added event.
 func AddSamples(ctx context.Context, nsPath string, op AddOp, n, warmup int) ([]time.Duration, error) {
-	h, err := handleAt(nsPath)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	w, err := Watch(nsPath)
-	if err != nil {
-		return nil, err
-	}
-	defer w.Close()
-	samples := make([]time.Duration, 0, n)
-	for i := range warmup + n {
-		w.Settle(settleQuiet, settleMax)
+	return changeSamples(ctx, nsPath, n, warmup, func(h *netlink.Handle, w *Watcher, i int) (time.Duration, error) {
 		t0 := time.Now()
 		if err := op.Add(h); err != nil {
-			return nil, fmt.Errorf("baseline add (sample %d): %w", i+1, err)
+			return 0, fmt.Errorf("baseline add (sample %d): %w", i+1, err)
 		}
 		at, err := w.Await(ctx, nil, op.Added, healTimeout)
 		if err != nil {
-			return nil, fmt.Errorf("baseline add (sample %d): %w", i+1, err)
+			return 0, fmt.Errorf("baseline add (sample %d): %w", i+1, err)
 		}
-		if i >= warmup {
-			samples = append(samples, at.Sub(t0))
-		}
+		d := at.Sub(t0)
 		if err := op.Remove(h); err != nil {
-			return nil, fmt.Errorf("baseline remove (sample %d): %w", i+1, err)
+			return 0, fmt.Errorf("baseline remove (sample %d): %w", i+1, err)
 		}
 		if _, err := w.Await(ctx, nil, op.Removed, healTimeout); err != nil {
-			return nil, fmt.Errorf("baseline remove (sample %d): %w", i+1, err)
+			return 0, fmt.Errorf("baseline remove (sample %d): %w", i+1, err)
 		}
-	}
-	return samples, nil
+		return d, nil
+	})
 }
 
 // Scratch objects of the self-heal baselines, in the node's namespace.
