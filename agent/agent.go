@@ -132,10 +132,14 @@ func New(s datastore.Store, cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("node", cfg.NodeName)
+	m := cfg.IPAM
+	if m == nil {
+		m = ipam.New(s, ipam.WithLogger(log))
+	}
 	return &Agent{
 		cfg:      cfg,
 		store:    s,
-		ipam:     ipam.New(s, ipam.WithLogger(log)),
+		ipam:     m,
 		dp:       cfg.Dataplane,
 		log:      log,
 		clock:    cfg.Clock,
@@ -159,6 +163,17 @@ func Run(ctx context.Context, s datastore.Store, cfg Config) error {
 
 // NodeName returns the name the agent registers under.
 func (a *Agent) NodeName() string { return a.cfg.NodeName }
+
+// Store returns the datastore the agent runs against.
+func (a *Agent) Store() datastore.Store { return a.store }
+
+// IPAM returns the agent's IPAM (Config.IPAM when it was set): background
+// tasks that allocate or release should use it, so that its per-node queues
+// and block cache are shared with the agent's.
+func (a *Agent) IPAM() *ipam.IPAM { return a.ipam }
+
+// Logger returns the agent's logger (it names the node).
+func (a *Agent) Logger() *slog.Logger { return a.log }
 
 // Handler returns the HTTP handler of the CNI socket API, for tests and for
 // embedding; Run serves it on the socket.
@@ -205,7 +220,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){a.syncLoop, a.kernelLoop, a.resyncLoop, a.reconcileLoop} {
+	loops := []func(context.Context){a.kernelLoop, a.resyncLoop, a.reconcileLoop}
+	for _, kind := range cachedKinds {
+		loops = append(loops, func(ctx context.Context) { a.syncLoop(ctx, kind) })
+	}
+	for _, f := range a.cfg.Background {
+		if f != nil {
+			loops = append(loops, func(ctx context.Context) { a.runBackground(ctx, f) })
+		}
+	}
+	for _, loop := range loops {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -216,6 +240,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	a.log.Info("agent stopped")
 	return nil
+}
+
+// runBackground runs f, one of Config.Background, until ctx ends: when f
+// returns early it is logged and started again after a bounded backoff.
+func (a *Agent) runBackground(ctx context.Context, f func(context.Context, *Agent)) {
+	for attempt := 1; ctx.Err() == nil; attempt++ {
+		started := a.clock.Now()
+		f(ctx, a)
+		if ctx.Err() != nil {
+			return
+		}
+		if a.clock.Now().Sub(started) > time.Minute {
+			attempt = 1
+		}
+		d := backoff(attempt, relistMin, relistMax)
+		a.log.Warn("a background task returned before the agent stopped; starting it again", "in", d)
+		sleep(a.clock, d, ctx.Done())
+	}
 }
 
 // markDirty records why a reconcile is needed and wakes the reconciler.
@@ -242,8 +284,8 @@ func (a *Agent) readiness() (bool, string) {
 	switch {
 	case !a.registered:
 		return false, a.notReady
-	case !a.cache.synced:
-		return false, "waiting for the first datastore sync"
+	case !a.cache.synced():
+		return false, "waiting for the first datastore sync (not listed yet: " + strings.Join(a.cache.unsynced(), ", ") + ")"
 	case a.localGone:
 		return false, a.notReady
 	case !a.applied:
@@ -252,13 +294,15 @@ func (a *Agent) readiness() (bool, string) {
 	return true, ""
 }
 
-// syncLoop lists the cached objects, then watches the datastore from the
-// listed revision; on a compacted or broken watch it lists again, with
-// bounded backoff.
-func (a *Agent) syncLoop(ctx context.Context) {
+// syncLoop keeps kind in the cache: it lists the kind, replaces the kind's
+// cached content with the list, then watches the kind from the listed
+// revision; when the watch ends (compacted, datastore unavailable, closed)
+// it lists the kind again, with bounded backoff. Each kind has its own
+// loop, list and revision: revisions of different kinds are not related.
+func (a *Agent) syncLoop(ctx context.Context, kind datastore.Kind) {
 	fails := 0
 	for ctx.Err() == nil {
-		rev, err := a.relist(ctx)
+		rev, err := a.relist(ctx, kind)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -266,13 +310,13 @@ func (a *Agent) syncLoop(ctx context.Context) {
 			fails++
 			a.m.datastoreErrors.Inc()
 			d := backoff(fails, relistMin, relistMax)
-			a.log.Warn("datastore list failed; retrying", "err", err, "in", d)
+			a.log.Warn("datastore list failed; retrying", "kind", kind, "err", err, "in", d)
 			sleep(a.clock, d, ctx.Done())
 			continue
 		}
 		a.markDirty(reasonDatastore)
 		started := a.clock.Now()
-		events, err := a.watch(ctx, rev)
+		events, err := a.watch(ctx, kind, rev)
 		if ctx.Err() != nil {
 			return
 		}
@@ -283,102 +327,80 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		fails++
 		d := backoff(fails, relistMin, relistMax)
 		if errors.Is(err, datastore.ErrCompacted) {
-			a.log.Info("datastore watch compacted; listing again", "err", err)
+			a.log.Info("datastore watch compacted; listing again", "kind", kind, "err", err)
 		} else {
-			a.log.Warn("datastore watch ended; listing again", "err", err, "in", d)
+			a.log.Warn("datastore watch ended; listing again", "kind", kind, "err", err, "in", d)
 		}
 		sleep(a.clock, d, ctx.Done())
 	}
 }
 
-// cachedPrefixes are listed into the cache; watch events elsewhere are
-// ignored.
-func (a *Agent) cachedPrefixes() []string {
-	return []string{datastore.NodesPrefix, datastore.PoolsPrefix, datastore.BlocksPrefix,
-		datastore.WorkloadPrefix(a.cfg.NodeName), datastore.IPAMConfigKey}
+// listOptions narrows the list of kind: workload endpoints of the local
+// node only.
+func (a *Agent) listOptions(kind datastore.Kind) datastore.ListOptions {
+	if kind == datastore.KindWorkload {
+		return datastore.ListOptions{Labels: map[string]string{datastore.LabelNode: a.cfg.NodeName}}
+	}
+	return datastore.ListOptions{}
 }
 
-// pageLister is a Store that can hand a list over a page at a time
-// (datastore/etcd.Store can): the relist then decodes each page as it comes
-// instead of holding every document of a prefix (a large cluster's blocks
-// are megabytes of JSON) until the last one arrived.
-type pageLister interface {
-	ListPages(ctx context.Context, prefix string, page func(kvs []datastore.KV, restart bool) error) (int64, error)
-}
-
-// relist reads every cached prefix into a new cache and then replaces the
-// agent's with it. It returns the revision to watch from: the oldest of the
-// lists (the cache drops events older than what it holds, so nothing is
-// applied twice out of order).
-func (a *Agent) relist(ctx context.Context) (int64, error) {
-	nc := newCache(a.cfg.NodeName, a.log)
-	var rev int64
-	keys := 0
-	for _, p := range a.cachedPrefixes() {
-		r, n, err := a.listInto(ctx, nc, p)
-		if err != nil {
-			return 0, fmt.Errorf("list %s: %w", p, err)
-		}
-		keys += n
-		if rev == 0 || r < rev {
-			rev = r
-		}
+// relist lists kind into a new map and then, in one step, makes it the
+// kind's cached content: a list that fails half-way changes nothing, and
+// the planner never sees a kind partly listed. It lists page by page when
+// the store can (datastore.Pager), decoding each page as it comes instead
+// of holding every document of the kind (a large cluster's blocks are
+// megabytes of JSON) until the last one arrived. It returns the revision
+// to watch the kind from.
+func (a *Agent) relist(ctx context.Context, kind datastore.Kind) (string, error) {
+	a.m.relists.WithLabelValues(string(kind)).Inc()
+	a.mu.Lock()
+	l := a.cache.newListing(kind)
+	a.mu.Unlock()
+	opts := a.listOptions(kind)
+	var rev string
+	var err error
+	if pl, ok := a.store.(datastore.Pager); ok {
+		rev, err = pl.ListPages(ctx, kind, opts, func(kvs []datastore.KV, restart bool) error {
+			if restart {
+				l.restart()
+			}
+			l.add(kvs)
+			return nil
+		})
+	} else {
+		var kvs []datastore.KV
+		kvs, rev, err = a.store.List(ctx, kind, opts)
+		l.add(kvs)
+	}
+	if err != nil {
+		return "", fmt.Errorf("list %s: %w", kind, err)
 	}
 	a.mu.Lock()
-	a.cache.replace(nc)
-	n := len(a.cache.nodes)
+	a.cache.replace(l, a.clock.Now())
 	a.mu.Unlock()
-	a.log.Debug("datastore listed", "revision", rev, "keys", keys, "nodes", n)
+	a.log.Debug("datastore listed", "kind", kind, "revision", rev, "objects", l.n)
 	return rev, nil
 }
 
-// listInto lists prefix into c, which nobody else uses yet, page by page
-// when the store can, and returns the list's revision and how many keys it
-// held. Keys the cache does not keep (those that merely share the prefix of
-// the IPAM config key) are skipped by c.put.
-func (a *Agent) listInto(ctx context.Context, c *cache, prefix string) (int64, int, error) {
-	n := 0
-	put := func(kvs []datastore.KV) {
-		for _, kv := range kvs {
-			if c.put(kv, kv.Revision) {
-				n++
-			}
-		}
-	}
-	if pl, ok := a.store.(pageLister); ok {
-		rev, err := pl.ListPages(ctx, prefix, func(kvs []datastore.KV, restart bool) error {
-			if restart {
-				c.dropPrefix(prefix)
-				n = 0
-			}
-			put(kvs)
-			return nil
-		})
-		return rev, n, err
-	}
-	kvs, rev, err := a.store.List(ctx, prefix)
-	if err != nil {
-		return 0, 0, err
-	}
-	put(kvs)
-	return rev, n, nil
-}
-
-// watch applies the datastore's changes to the cache until the watch ends
-// and returns how many responses it applied and why it ended.
-func (a *Agent) watch(ctx context.Context, rev int64) (int, error) {
+// watch applies the changes of kind to the cache until the watch ends and
+// returns how many responses it applied and why it ended.
+func (a *Agent) watch(ctx context.Context, kind datastore.Kind, rev string) (int, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	n := 0
-	for resp := range a.store.Watch(wctx, datastore.Prefix, rev) {
+	for resp := range a.store.Watch(wctx, kind, rev) {
 		if resp.Err != nil {
 			return n, resp.Err
 		}
 		n++
 		relevant := false
+		now := a.clock.Now()
 		a.mu.Lock()
 		for _, ev := range resp.Events {
-			if a.cache.apply(ev, resp.Revision) {
+			if ev.KV.Kind == "" {
+				ev.KV.Kind = kind
+			}
+			if ev.KV.Kind == kind && a.cache.apply(ev, now) {
 				relevant = true
 			}
 		}
@@ -387,7 +409,7 @@ func (a *Agent) watch(ctx context.Context, rev int64) (int, error) {
 			a.markDirty(reasonDatastore)
 		}
 	}
-	return n, errors.New("watch channel closed")
+	return n, fmt.Errorf("watch %s: channel closed: %w", kind, datastore.ErrUnavailable)
 }
 
 // kernelLoop turns the dataplane's kernel signals into reconciles.
@@ -436,7 +458,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		}
 		a.mu.Lock()
 		r := a.dirty
-		if !a.cache.synced {
+		if !a.cache.synced() {
 			r = 0
 		} else {
 			a.dirty = 0
@@ -472,7 +494,7 @@ func (a *Agent) reconcile(ctx context.Context, r reason) error {
 		// would tear down every route; keep the kernel as it is instead.
 		if !a.localGone {
 			a.log.Error("the local Node was deleted from the datastore; keeping the kernel as it is. Restart the agent to register again, or stop it to decommission the node",
-				"key", datastore.NodeKey(a.cfg.NodeName))
+				"node", a.cfg.NodeName)
 		}
 		a.mu.Lock()
 		a.localGone = true

@@ -55,7 +55,7 @@ func newCluster(t *testing.T) *cluster {
 	pool := api.IPPool{Metadata: api.ObjectMeta{Name: "default-ipv4-ippool"},
 		Spec: api.IPPoolSpec{CIDR: "172.16.0.0/16", BlockSize: 26, VXLANMode: api.EncapCrossSubnet, IPIPMode: api.EncapNever, NATOutgoing: true}}
 	pool.Default()
-	put(t, c.store, datastore.PoolKey(pool.Metadata.Name), pool)
+	put(t, c.store, datastore.KindIPPool, pool.Metadata.Name, pool)
 	c.lab = nettest.NewLab(t,
 		nettest.Subnet{Name: "a", Router: netip.MustParsePrefix("192.168.3.130/24")},
 		nettest.Subnet{Name: "b", Router: netip.MustParsePrefix("192.168.32.130/24")})
@@ -424,9 +424,7 @@ func TestAgentsInNamespaces(t *testing.T) {
 		c.stop("k8s-master1")
 		c.stop("k8s-node1")
 		ctx := context.Background()
-		if _, err := c.store.Txn(ctx, datastore.Delete(datastore.NodeKey("k8s-node1"), datastore.AnyRevision)); err != nil {
-			t.Fatal(err)
-		}
+		remove(t, c.store, datastore.KindNode, "k8s-node1")
 		if _, err := c.ipam.ReleaseHandle(ctx, TunnelHandlePrefix+"k8s-node1"); err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -29,7 +30,7 @@ func seedEnv(k string) string {
 
 func getNode(t *testing.T, s datastore.Store, name string) datastore.Object[api.Node] {
 	t.Helper()
-	o, err := datastore.GetObject[api.Node](context.Background(), s, datastore.NodeKey(name))
+	o, err := datastore.GetObject[api.Node](context.Background(), s, datastore.KindNode, name)
 	if err != nil {
 		t.Fatalf("read node %s: %v", name, err)
 	}
@@ -38,7 +39,7 @@ func getNode(t *testing.T, s datastore.Store, name string) datastore.Object[api.
 
 func nodeBlocks(t *testing.T, s datastore.Store, node string) []api.Block {
 	t.Helper()
-	objs, _, err := datastore.ListObjects[api.Block](context.Background(), s, datastore.BlocksPrefix)
+	objs, _, err := datastore.ListObjects[api.Block](context.Background(), s, datastore.KindBlock, datastore.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +57,7 @@ func TestRegisterCreatesPoolNodeAndTunnel(t *testing.T) {
 	h.start()
 	ctx := context.Background()
 
-	pool, err := datastore.GetObject[api.IPPool](ctx, h.store, datastore.PoolKey(api.DefaultPoolName))
+	pool, err := datastore.GetObject[api.IPPool](ctx, h.store, datastore.KindIPPool, api.DefaultPoolName)
 	if err != nil {
 		t.Fatalf("default pool not created: %v", err)
 	}
@@ -91,14 +92,14 @@ func TestRegisterCreatesPoolNodeAndTunnel(t *testing.T) {
 
 func TestDefaultPoolOnlyWhenNoneExists(t *testing.T) {
 	store := datastore.NewFake()
-	put(t, store, datastore.PoolKey("mine"), testPool("mine", "10.244.0.0/16", api.EncapAlways))
+	put(t, store, datastore.KindIPPool, "mine", testPool("mine", "10.244.0.0/16", api.EncapAlways))
 	h := newHarness(t, store, func(c *Config) { c.Getenv = seedEnv })
 	h.start()
-	kvs, _, err := store.List(context.Background(), datastore.PoolsPrefix)
+	kvs, _, err := store.List(context.Background(), datastore.KindIPPool, datastore.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(kvs) != 1 || kvs[0].Key != datastore.PoolKey("mine") {
+	if len(kvs) != 1 || kvs[0].Name != "mine" {
 		t.Errorf("pools = %v, want only the existing pool", kvs)
 	}
 	n := getNode(t, store, "k8s-master1").Value
@@ -118,7 +119,7 @@ func TestRestartReusesRegistrationAndKeepsLabels(t *testing.T) {
 	// An administrator labels the node while the agent is down.
 	n := first.Value
 	n.Metadata.Labels = map[string]string{"zone": "a"}
-	put(t, store, datastore.NodeKey("k8s-master1"), n)
+	put(t, store, datastore.KindNode, "k8s-master1", n)
 
 	h2 := newHarness(t, store, func(c *Config) {
 		c.Getenv = seedEnv
@@ -146,23 +147,21 @@ func TestRestartReusesRegistrationAndKeepsLabels(t *testing.T) {
 func TestDatastoreChangesReachThePlan(t *testing.T) {
 	h := newHarness(t, nil, func(c *Config) { c.Getenv = seedEnv })
 	h.start()
-	put(t, h.store, datastore.NodeKey("k8s-master2"), api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
+	put(t, h.store, datastore.KindNode, "k8s-master2", api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
 		Metadata: api.ObjectMeta{Name: "k8s-master2"},
 		Spec:     api.NodeSpec{Address: "192.168.3.242/24", Interface: "eth0", VTEPMAC: api.VTEPMAC("k8s-master2"), TunnelAddress: "172.16.224.0"}})
-	put(t, h.store, datastore.BlockKey("172.16.224.0/26"), api.Block{CIDR: "172.16.224.0/26", Affinity: "k8s-master2"})
-	put(t, h.store, datastore.NodeKey("k8s-node1"), api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
+	putBlock(t, h.store, api.Block{CIDR: "172.16.224.0/26", Affinity: "k8s-master2"})
+	put(t, h.store, datastore.KindNode, "k8s-node1", api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
 		Metadata: api.ObjectMeta{Name: "k8s-node1"},
 		Spec:     api.NodeSpec{Address: "192.168.32.105/24", Interface: "eth0", VTEPMAC: api.VTEPMAC("k8s-node1"), TunnelAddress: "172.16.36.64"}})
-	put(t, h.store, datastore.BlockKey("172.16.36.64/26"), api.Block{CIDR: "172.16.36.64/26", Affinity: "k8s-node1"})
+	putBlock(t, h.store, api.Block{CIDR: "172.16.36.64/26", Affinity: "k8s-node1"})
 
 	h.dp.waitApply(t, "with a direct route to k8s-master2 and a VXLAN route to k8s-node1", func(dp plan.Dataplane) bool {
 		return hasRoute(dp, "172.16.224.0/26", plan.KindDirect) && hasRoute(dp, "172.16.36.64/26", plan.KindVXLAN)
 	})
 
-	if _, err := h.store.Txn(context.Background(), datastore.Delete(datastore.NodeKey("k8s-node1"), datastore.AnyRevision),
-		datastore.Delete(datastore.BlockKey("172.16.36.64/26"), datastore.AnyRevision)); err != nil {
-		t.Fatal(err)
-	}
+	remove(t, h.store, datastore.KindNode, "k8s-node1")
+	remove(t, h.store, datastore.KindBlock, datastore.BlockName("172.16.36.64/26"))
 	h.dp.waitApply(t, "without k8s-node1's route", func(dp plan.Dataplane) bool {
 		return hasRoute(dp, "172.16.224.0/26", plan.KindDirect) && !hasRoute(dp, "172.16.36.64/26", plan.KindVXLAN)
 	})
@@ -280,12 +279,14 @@ func TestStatusNotesLoggedOnceWhenTheyChange(t *testing.T) {
 	h := newHarness(t, nil, func(c *Config) { c.Getenv = seedEnv })
 	h.start()
 	// A peer in another subnet without a tunnel address cannot be reached.
-	put(t, h.store, datastore.NodeKey("k8s-node1"), api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
+	put(t, h.store, datastore.KindNode, "k8s-node1", api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
 		Metadata: api.ObjectMeta{Name: "k8s-node1"}, Spec: api.NodeSpec{Address: "192.168.32.105/24"}})
-	put(t, h.store, datastore.BlockKey("172.16.36.64/26"), api.Block{CIDR: "172.16.36.64/26", Affinity: "k8s-node1"})
-	dp := h.dp.waitApply(t, "with a status note about k8s-node1", func(dp plan.Dataplane) bool {
+	putBlock(t, h.store, api.Block{CIDR: "172.16.36.64/26", Affinity: "k8s-node1"})
+	// Nodes and blocks are watched apart: the block may be planned before
+	// its node for a moment (another note). Wait for the plan with both.
+	dp := h.dp.waitApply(t, "with a status note about k8s-node1's tunnel", func(dp plan.Dataplane) bool {
 		for _, s := range dp.Status {
-			if strings.Contains(s, "k8s-node1") {
+			if strings.Contains(s, "k8s-node1") && strings.Contains(s, "tunnelAddress") {
 				return true
 			}
 		}
@@ -297,7 +298,7 @@ func TestStatusNotesLoggedOnceWhenTheyChange(t *testing.T) {
 	}
 	var note string
 	for _, s := range dp.Status {
-		if strings.Contains(s, "k8s-node1") {
+		if strings.Contains(s, "k8s-node1") && strings.Contains(s, "tunnelAddress") {
 			note = s
 		}
 	}
@@ -313,12 +314,14 @@ func TestUnchangedPlanIsNotReapplied(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.dp = h.dp
-	put(t, h.store, datastore.PoolKey("p"), testPool("p", "172.16.0.0/16", api.EncapCrossSubnet))
-	put(t, h.store, datastore.NodeKey("k8s-master1"), api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
+	put(t, h.store, datastore.KindIPPool, "p", testPool("p", "172.16.0.0/16", api.EncapCrossSubnet))
+	put(t, h.store, datastore.KindNode, "k8s-master1", api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
 		Metadata: api.ObjectMeta{Name: "k8s-master1"}, Spec: api.NodeSpec{Address: "192.168.3.241/24", TunnelAddress: "172.16.159.128"}})
 	ctx := context.Background()
-	if _, err := a.relist(ctx); err != nil {
-		t.Fatal(err)
+	for _, kind := range cachedKinds {
+		if _, err := a.relist(ctx, kind); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := a.reconcile(ctx, reasonDatastore); err != nil {
 		t.Fatal(err)
@@ -328,11 +331,14 @@ func TestUnchangedPlanIsNotReapplied(t *testing.T) {
 	}
 	// A label change alters nothing in the plan: no Apply.
 	a.mu.Lock()
-	a.cache.apply(datastore.Event{Type: datastore.EventPut, KV: mustKV(t, datastore.NodeKey("k8s-master1"), api.Node{
+	changed := a.cache.apply(datastore.Event{Type: datastore.EventPut, KV: mustKV(t, datastore.KindNode, "k8s-master1", api.Node{
 		TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
 		Metadata: api.ObjectMeta{Name: "k8s-master1", Labels: map[string]string{"x": "y"}},
-		Spec:     api.NodeSpec{Address: "192.168.3.241/24", TunnelAddress: "172.16.159.128"}}, 1000)}, 1000)
+		Spec:     api.NodeSpec{Address: "192.168.3.241/24", TunnelAddress: "172.16.159.128"}}, "1000")}, time.Time{})
 	a.mu.Unlock()
+	if !changed {
+		t.Fatalf("a label change did not count as a change of the cache")
+	}
 	if err := a.reconcile(ctx, reasonDatastore); err != nil {
 		t.Fatal(err)
 	}
@@ -351,9 +357,7 @@ func TestUnchangedPlanIsNotReapplied(t *testing.T) {
 func TestLocalNodeDeletedKeepsTheKernel(t *testing.T) {
 	h := newHarness(t, nil, func(c *Config) { c.Getenv = seedEnv })
 	h.start()
-	if _, err := h.store.Txn(context.Background(), datastore.Delete(datastore.NodeKey("k8s-master1"), datastore.AnyRevision)); err != nil {
-		t.Fatal(err)
-	}
+	remove(t, h.store, datastore.KindNode, "k8s-master1")
 	nettest.Eventually(t, 10*time.Second, time.Millisecond, "not ready after the Node's deletion", func() (bool, string) {
 		ok, why := h.agent.readiness()
 		return !ok, why
@@ -371,37 +375,31 @@ func TestLocalNodeDeletedKeepsTheKernel(t *testing.T) {
 	}
 }
 
-func mustKV(t testing.TB, key string, v any, rev int64) datastore.KV {
+func mustKV(t testing.TB, kind datastore.Kind, name string, v any, rev string) datastore.KV {
 	t.Helper()
-	b, err := datastore.Encode(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return datastore.KV{Key: key, Value: b, Revision: rev}
+	kv := objKV(t, kind, name, v)
+	kv.Revision = rev
+	return kv
 }
 
-// breakableStore is a Fake whose watches a test can break.
+// breakableStore is a Fake whose watches a test can break, kind by kind.
 type breakableStore struct {
 	*datastore.Fake
 	mu      sync.Mutex
-	lists   int
-	watches []chan error
+	watches map[datastore.Kind][]chan error
 }
 
-func (s *breakableStore) List(ctx context.Context, prefix string) ([]datastore.KV, int64, error) {
-	s.mu.Lock()
-	s.lists++
-	s.mu.Unlock()
-	return s.Fake.List(ctx, prefix)
+func newBreakableStore() *breakableStore {
+	return &breakableStore{Fake: datastore.NewFake(), watches: map[datastore.Kind][]chan error{}}
 }
 
-func (s *breakableStore) Watch(ctx context.Context, prefix string, rev int64) <-chan datastore.WatchResponse {
+func (s *breakableStore) Watch(ctx context.Context, kind datastore.Kind, rev string) <-chan datastore.WatchResponse {
 	wctx, cancel := context.WithCancel(ctx)
-	in := s.Fake.Watch(wctx, prefix, rev)
+	in := s.Fake.Watch(wctx, kind, rev)
 	out := make(chan datastore.WatchResponse, 16)
 	brk := make(chan error, 1)
 	s.mu.Lock()
-	s.watches = append(s.watches, brk)
+	s.watches[kind] = append(s.watches[kind], brk)
 	s.mu.Unlock()
 	go func() {
 		defer close(out)
@@ -416,54 +414,121 @@ func (s *breakableStore) Watch(ctx context.Context, prefix string, rev int64) <-
 					return
 				}
 				out <- r
+				if r.Err != nil {
+					return
+				}
 			}
 		}
 	}()
 	return out
 }
 
-// breakWatch ends the newest watch with err, as etcd does on compaction.
-func (s *breakableStore) breakWatch(err error) {
+// breakWatch ends the newest watch of kind with err, as etcd does on
+// compaction.
+func (s *breakableStore) breakWatch(kind datastore.Kind, err error) {
 	s.mu.Lock()
-	brk := s.watches[len(s.watches)-1]
+	ws := s.watches[kind]
+	brk := ws[len(ws)-1]
 	s.mu.Unlock()
 	brk <- err
 }
 
-func TestCompactedWatchRelists(t *testing.T) {
-	bs := &breakableStore{Fake: datastore.NewFake()}
+// lists is how many times the agent listed kind into its cache.
+func (h *harness) lists(kind datastore.Kind) float64 {
+	h.t.Helper()
+	return counterValue(h.t, h.agent, "twill_datastore_lists_total", map[string]string{"kind": string(kind)})
+}
+
+// advanceUntil moves the harness's fake clock (the relist backoff runs on
+// it) in steps of relistMin until ok holds, for at most 10s.
+func (h *harness) advanceUntil(what string, ok func() bool) {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%s: not within 10s; logs:\n%s", what, h.logs)
+		}
+		h.clock.Advance(relistMin)
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestCompactedWatchRelistsThatKind breaks the watch of one kind: that
+// kind alone is listed again, the list replaces what the cache held of it
+// (an object deleted while no watch ran is gone), and a change made
+// meanwhile reaches the plan.
+func TestCompactedWatchRelistsThatKind(t *testing.T) {
+	bs := newBreakableStore()
+	putBlock(t, bs.Fake, api.Block{CIDR: "172.16.36.64/26", Affinity: "k8s-node1"})
+	put(t, bs.Fake, datastore.KindNode, "k8s-node1", node("k8s-node1", "192.168.3.105/24", "172.16.36.64"))
 	h := newHarness(t, nil, func(c *Config) { c.Getenv = seedEnv })
 	a := h.run(bs)
 	h.waitReady()
-
-	bs.mu.Lock()
-	lists := bs.lists
-	bs.mu.Unlock()
-	bs.breakWatch(datastore.ErrCompacted)
-	// A node appears while the agent has no watch: the re-list finds it.
-	put(t, bs.Fake, datastore.NodeKey("k8s-master2"), api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
-		Metadata: api.ObjectMeta{Name: "k8s-master2"}, Spec: api.NodeSpec{Address: "192.168.3.242/24"}})
-	put(t, bs.Fake, datastore.BlockKey("172.16.224.0/26"), api.Block{CIDR: "172.16.224.0/26", Affinity: "k8s-master2"})
-	deadline := time.Now().Add(10 * time.Second)
-	found := false
-	for !found && time.Now().Before(deadline) {
-		h.clock.Advance(relistMin)
-		select {
-		case dp := <-h.dp.applied:
-			found = hasRoute(dp, "172.16.224.0/26", plan.KindDirect)
-		case <-time.After(5 * time.Millisecond):
+	h.dp.waitApply(t, "with k8s-node1's route", func(dp plan.Dataplane) bool { return hasRoute(dp, "172.16.36.64/26", plan.KindDirect) })
+	for _, k := range cachedKinds {
+		if got := h.lists(k); got != 1 {
+			t.Errorf("%s listed %v times before any watch ended, want once", k, got)
 		}
 	}
-	if !found {
-		t.Fatalf("the node added during the broken watch never reached the plan")
-	}
-	bs.mu.Lock()
-	defer bs.mu.Unlock()
-	if bs.lists <= lists {
-		t.Errorf("no re-list after the compacted watch")
+	bs.breakWatch(datastore.KindNode, fmt.Errorf("injected: %w", datastore.ErrCompacted))
+	// While no node watch runs, k8s-node1 goes and k8s-master2 comes.
+	remove(t, bs.Fake, datastore.KindNode, "k8s-node1")
+	put(t, bs.Fake, datastore.KindNode, "k8s-master2", node("k8s-master2", "192.168.3.242/24", "172.16.224.0"))
+	putBlock(t, bs.Fake, api.Block{CIDR: "172.16.224.0/26", Affinity: "k8s-master2"})
+	h.advanceUntil("the nodes are listed again", func() bool { return h.lists(datastore.KindNode) == 2 })
+	h.dp.waitApply(t, "with k8s-master2's route and without k8s-node1's", func(dp plan.Dataplane) bool {
+		return hasRoute(dp, "172.16.224.0/26", plan.KindDirect) && !hasRoute(dp, "172.16.36.64/26", plan.KindDirect)
+	})
+	for _, k := range cachedKinds {
+		want := 1.0
+		if k == datastore.KindNode {
+			want = 2
+		}
+		if got := h.lists(k); got != want {
+			t.Errorf("%s listed %v times after the node watch was compacted, want %v", k, got, want)
+		}
 	}
 	if got := counterValue(t, a, "twill_datastore_errors_total", nil); got < 1 {
 		t.Errorf("twill_datastore_errors_total = %v, want at least 1", got)
+	}
+}
+
+// TestFakeCompactionRelists compacts the Fake's history: every watch that
+// had not caught up ends with ErrCompacted and only its kind is listed
+// again; changes made after the compaction reach the plan through the new
+// watches.
+func TestFakeCompactionRelists(t *testing.T) {
+	bs := newBreakableStore()
+	h := newHarness(t, nil, func(c *Config) { c.Getenv = seedEnv })
+	a := h.run(bs)
+	h.waitReady()
+	// A pool write moves the store past every other kind's list revision;
+	// the pool watch sees it and catches up.
+	put(t, bs.Fake, datastore.KindIPPool, "extra", testPool("extra", "10.50.0.0/16", api.EncapCrossSubnet))
+	h.dp.waitApply(t, "with the extra pool", func(dp plan.Dataplane) bool {
+		return slices.Contains(dp.Firewall.AllPools, netip.MustParsePrefix("10.50.0.0/16"))
+	})
+	bs.Compact()
+	lagging := []datastore.Kind{datastore.KindNode, datastore.KindBlock, datastore.KindIPAMConfig, datastore.KindWorkload}
+	h.advanceUntil("every lagging kind is listed again", func() bool {
+		for _, k := range lagging {
+			if h.lists(k) < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	if got := h.lists(datastore.KindIPPool); got != 1 {
+		t.Errorf("the pools, whose watch had caught up, were listed %v times, want once", got)
+	}
+	put(t, bs.Fake, datastore.KindNode, "k8s-master2", node("k8s-master2", "192.168.3.242/24", "172.16.224.0"))
+	putBlock(t, bs.Fake, api.Block{CIDR: "172.16.224.0/26", Affinity: "k8s-master2"})
+	h.dp.waitApply(t, "with k8s-master2's route", func(dp plan.Dataplane) bool { return hasRoute(dp, "172.16.224.0/26", plan.KindDirect) })
+	if ok, why := a.readiness(); !ok {
+		t.Errorf("not ready after the relists: %s", why)
+	}
+	if !strings.Contains(h.logs.String(), "datastore watch compacted; listing again") {
+		t.Errorf("the compaction was not logged:\n%s", h.logs)
 	}
 }
 

@@ -76,7 +76,7 @@ func benchAgent(b *testing.B, ns *nettest.NS, name string) datastore.Store {
 			pool.Spec.NodeSelector = "has(twill-bench-peer)"
 		}
 		pool.Default()
-		put(b, store, datastore.PoolKey(name), pool)
+		put(b, store, datastore.KindIPPool, name, pool)
 	}
 	sock := filepath.Join(b.TempDir(), "agent.sock")
 	cfg := Config{NodeName: name, NetnsPath: ns.Path, SocketPath: sock,
@@ -105,19 +105,14 @@ func benchAgent(b *testing.B, ns *nettest.NS, name string) datastore.Store {
 	}
 }
 
-// remoteNode registers a peer with one block, in one transaction.
+// remoteNode registers a peer with one block.
 func remoteNode(b *testing.B, s datastore.Store, name, addr string, block netip.Prefix) {
 	b.Helper()
 	n := api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
 		Metadata: api.ObjectMeta{Name: name},
 		Spec:     api.NodeSpec{Address: addr, Interface: "eth0", MTU: 1500, VTEPMAC: api.VTEPMAC(name), TunnelAddress: block.Addr().String()}}
-	nb, _ := datastore.Encode(n)
-	bb, _ := datastore.Encode(api.Block{CIDR: block.String(), Affinity: name})
-	if _, err := s.Txn(context.Background(),
-		datastore.Put(datastore.NodeKey(name), nb, datastore.AnyRevision),
-		datastore.Put(datastore.BlockKey(block.String()), bb, datastore.AnyRevision)); err != nil {
-		b.Fatal(err)
-	}
+	put(b, s, datastore.KindNode, name, n)
+	putBlock(b, s, api.Block{CIDR: block.String(), Affinity: name})
 }
 
 // blockN returns the n-th /26 of 172.20.0.0/14.
@@ -205,11 +200,7 @@ func rssMiB() float64 {
 func bigCache(b *testing.B, peers int) *cache {
 	b.Helper()
 	c := newCache("local", nil)
-	kvs, err := bench.ScaleCluster("local", peers, 0).KVs(2)
-	if err != nil {
-		b.Fatal(err)
-	}
-	c.reset(kvs)
+	fillCache(c, clusterKVs(b, bench.ScaleCluster("local", peers, 0)))
 	return c
 }
 

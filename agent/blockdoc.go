@@ -194,7 +194,7 @@ func jsonKind(b []byte) string {
 func decodeBlock(kv datastore.KV) (cachedBlock, error) {
 	var d blockDoc
 	if err := json.Unmarshal(kv.Value, &d); err != nil {
-		return cachedBlock{}, fmt.Errorf("decode %s: %w", kv.Key, err)
+		return cachedBlock{}, fmt.Errorf("decode %s %q: %w", kv.Kind, kv.Name, err)
 	}
 	cb := cachedBlock{cidr: d.CIDR, affinity: d.Affinity, pinned: d.Pinned, used: len(d.Allocations)}
 	if p, err := (api.Block{CIDR: d.CIDR}).Prefix(); err == nil {
@@ -211,7 +211,7 @@ func decodeBlock(kv datastore.KV) (cachedBlock, error) {
 	}
 	var full api.Block
 	if err := json.Unmarshal(kv.Value, &full); err != nil {
-		return cachedBlock{}, fmt.Errorf("decode %s: %w", kv.Key, err)
+		return cachedBlock{}, fmt.Errorf("decode %s %q: %w", kv.Kind, kv.Name, err)
 	}
 	cb.borrowed = make([]api.Allocation, 0, n)
 	for _, al := range full.Allocations {

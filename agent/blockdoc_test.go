@@ -77,7 +77,7 @@ func wantBlock(doc []byte) (cachedBlock, error) {
 func checkDecodeBlock(t *testing.T, doc []byte) {
 	t.Helper()
 	want, werr := wantBlock(doc)
-	got, err := decodeBlock(datastore.KV{Key: datastore.BlockKey("10.0.0.0/26"), Value: doc})
+	got, err := decodeBlock(datastore.KV{Kind: datastore.KindBlock, Name: datastore.BlockName("10.0.0.0/26"), Value: doc})
 	switch {
 	case werr != nil && err == nil:
 		t.Errorf("decodeBlock(%s) = %+v, want an error as api.Block gives (%v)", doc, got, werr)
@@ -129,12 +129,8 @@ func TestPlanFromCompactBlocks(t *testing.T) {
 	borrow(&unclaimed, 6, "node-00005")
 	cl.Blocks = append(cl.Blocks, unclaimed)
 
-	kvs, err := cl.KVs(2)
-	if err != nil {
-		t.Fatal(err)
-	}
 	c := newCache("local", nil)
-	c.reset(kvs)
+	fillCache(c, clusterKVs(t, cl))
 	vx := plan.VXLANConfig{}
 	got := plan.Plan(planInput(c, vx))
 	full := cl.Input(vx)
@@ -154,10 +150,27 @@ func TestPlanFromCompactBlocks(t *testing.T) {
 		t.Errorf("no status notes for the unknown borrower and the ordinal outside its block")
 	}
 	// The cache keeps only the borrowed allocations.
-	if n := len(c.blocks[datastore.BlockKey(cl.Blocks[1].CIDR)].borrowed); n != 1 {
+	if n := len(c.blocks[datastore.BlockName(cl.Blocks[1].CIDR)].borrowed); n != 1 {
 		t.Errorf("block 1 keeps %d allocations, want only its borrowed one", n)
 	}
-	if b := c.blocks[datastore.BlockKey(cl.Blocks[1].CIDR)]; b.used != len(cl.Blocks[1].Allocations) {
+	if b := c.blocks[datastore.BlockName(cl.Blocks[1].CIDR)]; b.used != len(cl.Blocks[1].Allocations) {
 		t.Errorf("block 1 counts %d used addresses, want %d", b.used, len(cl.Blocks[1].Allocations))
 	}
+}
+
+// clusterKVs is a bench cluster as the datastore holds it: its pool, nodes,
+// blocks and workload endpoints.
+func clusterKVs(t testing.TB, cl *bench.Cluster) []datastore.KV {
+	t.Helper()
+	kvs := []datastore.KV{objKV(t, datastore.KindIPPool, cl.Pool.Metadata.Name, cl.Pool)}
+	for _, n := range cl.Nodes {
+		kvs = append(kvs, objKV(t, datastore.KindNode, n.Metadata.Name, n))
+	}
+	for _, b := range cl.Blocks {
+		kvs = append(kvs, objKV(t, datastore.KindBlock, datastore.BlockName(b.CIDR), b))
+	}
+	for _, w := range cl.Workloads {
+		kvs = append(kvs, objKV(t, datastore.KindWorkload, w.Spec.Handle, w))
+	}
+	return kvs
 }

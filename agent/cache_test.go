@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"twill.dev/twill/api"
 	"twill.dev/twill/datastore"
@@ -16,13 +17,13 @@ func node(name, addr, tunnel string) api.Node {
 		Spec:     api.NodeSpec{Address: addr, Interface: "eth0", MTU: 1500, VTEPMAC: api.VTEPMAC(name), TunnelAddress: tunnel}}
 }
 
-func putEv(t *testing.T, key string, v any, rev int64) datastore.Event {
+func putEv(t *testing.T, kind datastore.Kind, name string, v any, rev string) datastore.Event {
 	t.Helper()
-	return datastore.Event{Type: datastore.EventPut, KV: mustKV(t, key, v, rev)}
+	return datastore.Event{Type: datastore.EventPut, KV: mustKV(t, kind, name, v, rev)}
 }
 
-func delEv(key string, rev int64) datastore.Event {
-	return datastore.Event{Type: datastore.EventDelete, KV: datastore.KV{Key: key, Revision: rev}}
+func delEv(kind datastore.Kind, name, rev string) datastore.Event {
+	return datastore.Event{Type: datastore.EventDelete, KV: datastore.KV{Kind: kind, Name: name, Revision: rev}}
 }
 
 // seedCache holds the seed cluster as the agent of k8s-master1 sees it.
@@ -32,21 +33,21 @@ func seedCache(t *testing.T) *cache {
 		Spec: api.IPPoolSpec{CIDR: "172.16.0.0/16", VXLANMode: api.EncapCrossSubnet, NATOutgoing: true}}
 	kvs := []datastore.KV{
 		// Stored without defaults: planInput fills them in.
-		mustKV(t, datastore.PoolKey(pool.Metadata.Name), pool, 2),
-		mustKV(t, datastore.NodeKey("k8s-node1"), node("k8s-node1", "192.168.32.105/24", "172.16.36.64"), 3),
-		mustKV(t, datastore.NodeKey("k8s-master2"), node("k8s-master2", "192.168.3.242/24", "172.16.224.0"), 4),
-		mustKV(t, datastore.NodeKey("k8s-master1"), node("k8s-master1", "192.168.3.241/24", "172.16.159.128"), 5),
-		mustKV(t, datastore.BlockKey("172.16.159.128/26"), api.Block{CIDR: "172.16.159.128/26", Affinity: "k8s-master1"}, 6),
-		mustKV(t, datastore.BlockKey("172.16.224.0/26"), api.Block{CIDR: "172.16.224.0/26", Affinity: "k8s-master2"}, 7),
-		mustKV(t, datastore.BlockKey("172.16.36.64/26"), api.Block{CIDR: "172.16.36.64/26", Affinity: "k8s-node1"}, 8),
-		mustKV(t, datastore.WorkloadKey("k8s-master1", "c1.eth0"), api.WorkloadEndpoint{Spec: api.WorkloadEndpointSpec{
-			Node: "k8s-master1", Handle: "c1.eth0", HostIface: "cali64d6bf8fbc2", Addresses: []string{"172.16.159.145/32"}}}, 9),
+		mustKV(t, datastore.KindIPPool, pool.Metadata.Name, pool, "2"),
+		mustKV(t, datastore.KindNode, "k8s-node1", node("k8s-node1", "192.168.32.105/24", "172.16.36.64"), "3"),
+		mustKV(t, datastore.KindNode, "k8s-master2", node("k8s-master2", "192.168.3.242/24", "172.16.224.0"), "4"),
+		mustKV(t, datastore.KindNode, "k8s-master1", node("k8s-master1", "192.168.3.241/24", "172.16.159.128"), "5"),
+		mustKV(t, datastore.KindBlock, datastore.BlockName("172.16.159.128/26"), api.Block{CIDR: "172.16.159.128/26", Affinity: "k8s-master1"}, "6"),
+		mustKV(t, datastore.KindBlock, datastore.BlockName("172.16.224.0/26"), api.Block{CIDR: "172.16.224.0/26", Affinity: "k8s-master2"}, "7"),
+		mustKV(t, datastore.KindBlock, datastore.BlockName("172.16.36.64/26"), api.Block{CIDR: "172.16.36.64/26", Affinity: "k8s-node1"}, "8"),
+		mustKV(t, datastore.KindWorkload, "c1.eth0", api.WorkloadEndpoint{Spec: api.WorkloadEndpointSpec{
+			Node: "k8s-master1", Handle: "c1.eth0", HostIface: "cali64d6bf8fbc2", Addresses: []string{"172.16.159.145/32"}}}, "9"),
 		// Another node's workload and IPAM bookkeeping are not the plan's business.
-		mustKV(t, datastore.WorkloadKey("k8s-master2", "c2.eth0"), api.WorkloadEndpoint{Spec: api.WorkloadEndpointSpec{
-			Node: "k8s-master2", Handle: "c2.eth0", HostIface: "cali65229b3901f", Addresses: []string{"172.16.224.15/32"}}}, 10),
-		mustKV(t, datastore.HandleKey("c1.eth0"), api.Handle{ID: "c1.eth0"}, 11),
+		mustKV(t, datastore.KindWorkload, "c2.eth0", api.WorkloadEndpoint{Spec: api.WorkloadEndpointSpec{
+			Node: "k8s-master2", Handle: "c2.eth0", HostIface: "cali65229b3901f", Addresses: []string{"172.16.224.15/32"}}}, "10"),
+		mustKV(t, datastore.KindHandle, "c1.eth0", api.Handle{ID: "c1.eth0"}, "11"),
 	}
-	c.reset(kvs)
+	fillCache(c, kvs)
 	return c
 }
 
@@ -108,52 +109,141 @@ func TestPlanInputIsDeterministic(t *testing.T) {
 
 func TestCacheApply(t *testing.T) {
 	c := seedCache(t)
-	key := datastore.NodeKey("k8s-master2")
+	var now time.Time
 
-	if c.apply(putEv(t, datastore.HandleKey("x"), api.Handle{ID: "x"}, 20), 20) {
+	if c.apply(putEv(t, datastore.KindHandle, "x", api.Handle{ID: "x"}, "20"), now) {
 		t.Errorf("a handle change counted as relevant")
 	}
-	if c.apply(putEv(t, datastore.WorkloadKey("k8s-master2", "c9.eth0"), api.WorkloadEndpoint{}, 21), 21) {
+	if c.apply(putEv(t, datastore.KindWorkload, "c9.eth0", api.WorkloadEndpoint{Spec: api.WorkloadEndpointSpec{Node: "k8s-master2"}}, "21"), now) {
 		t.Errorf("another node's workload counted as relevant")
 	}
-	if !c.apply(putEv(t, key, node("k8s-master2", "192.168.32.7/24", "172.16.224.0"), 30), 30) {
+	if c.apply(putEv(t, datastore.KindIPAMConfig, "other", api.IPAMConfig{StrictAffinity: true}, "22"), now) || c.config.StrictAffinity {
+		t.Errorf("an IPAM config not named %s was cached", datastore.IPAMConfigName)
+	}
+	if !c.apply(putEv(t, datastore.KindNode, "k8s-master2", node("k8s-master2", "192.168.32.7/24", "172.16.224.0"), "30"), now) {
 		t.Fatalf("a node change was not relevant")
 	}
-	if got := c.nodes[key].Spec.Address; got != "192.168.32.7/24" {
+	if got := c.nodes["k8s-master2"].Spec.Address; got != "192.168.32.7/24" {
 		t.Errorf("address after update = %s", got)
 	}
-	// An event older than what the cache holds (the agent's own write got
-	// there first) is dropped.
-	if c.apply(putEv(t, key, node("k8s-master2", "192.168.3.242/24", "172.16.224.0"), 25), 25) {
-		t.Errorf("a stale event was applied")
+	// The same document again (a heartbeat that changed nothing Twill
+	// reads) changes nothing.
+	if c.apply(putEv(t, datastore.KindNode, "k8s-master2", node("k8s-master2", "192.168.32.7/24", "172.16.224.0"), "31"), now) {
+		t.Errorf("an unchanged node counted as a change")
 	}
-	if got := c.nodes[key].Spec.Address; got != "192.168.32.7/24" {
-		t.Errorf("stale event changed the address to %s", got)
-	}
-	if !c.apply(delEv(key, 31), 31) {
+	if !c.apply(delEv(datastore.KindNode, "k8s-master2", "32"), now) {
 		t.Fatalf("a node deletion was not relevant")
 	}
-	if _, ok := c.nodes[key]; ok {
+	if _, ok := c.nodes["k8s-master2"]; ok {
 		t.Errorf("deleted node still cached")
 	}
-	// A put older than the deletion does not resurrect it.
-	if c.apply(putEv(t, key, node("k8s-master2", "192.168.3.242/24", ""), 30), 30) {
-		t.Errorf("a put older than the deletion resurrected the node")
+	if c.apply(delEv(datastore.KindNode, "k8s-master2", "33"), now) {
+		t.Errorf("deleting a node that is not cached counted as a change")
 	}
-	// A document that does not decode is dropped, with the key.
-	bad := datastore.Event{Type: datastore.EventPut, KV: datastore.KV{Key: datastore.BlockKey("172.16.36.64/26"), Value: []byte("{"), Revision: 40}}
-	c.apply(bad, 40)
-	if _, ok := c.blocks[datastore.BlockKey("172.16.36.64/26")]; ok {
+	// A document that does not decode is dropped.
+	bad := datastore.Event{Type: datastore.EventPut, KV: datastore.KV{Kind: datastore.KindBlock, Name: datastore.BlockName("172.16.36.64/26"), Value: []byte("{"), Revision: "40"}}
+	if !c.apply(bad, now) {
+		t.Errorf("an undecodable block replacing a cached one was not relevant")
+	}
+	if _, ok := c.blocks[datastore.BlockName("172.16.36.64/26")]; ok {
 		t.Errorf("an undecodable block is still cached")
 	}
 	// The IPAM config is tracked for the status.
-	c.apply(putEv(t, datastore.IPAMConfigKey, api.IPAMConfig{StrictAffinity: true}, 41), 41)
+	c.apply(putEv(t, datastore.KindIPAMConfig, datastore.IPAMConfigName, api.IPAMConfig{StrictAffinity: true}, "41"), now)
 	if !c.config.StrictAffinity {
 		t.Errorf("IPAM config not cached")
 	}
-	c.apply(delEv(datastore.IPAMConfigKey, 42), 42)
+	c.apply(delEv(datastore.KindIPAMConfig, datastore.IPAMConfigName, "42"), now)
 	if c.config.StrictAffinity {
 		t.Errorf("IPAM config deletion not applied")
+	}
+	// A local workload moved to another node is gone for this one.
+	moved := putEv(t, datastore.KindWorkload, "c1.eth0", api.WorkloadEndpoint{Spec: api.WorkloadEndpointSpec{Node: "k8s-master2", Handle: "c1.eth0"}}, "43")
+	if !c.apply(moved, now) {
+		t.Errorf("a local workload moving away was not relevant")
+	}
+	if _, ok := c.workloads["c1.eth0"]; ok {
+		t.Errorf("a workload of another node is cached")
+	}
+}
+
+// TestCacheOwnWrites: events of an object older than the agent's own write
+// of it do not undo the write; the write's own event ends that, and so does
+// ownWriteTTL.
+func TestCacheOwnWrites(t *testing.T) {
+	c := seedCache(t)
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	w := func(iface string) api.WorkloadEndpoint {
+		return api.WorkloadEndpoint{Spec: api.WorkloadEndpointSpec{Node: "k8s-master1", Handle: "c5.eth0", HostIface: iface, Addresses: []string{"172.16.159.150/32"}}}
+	}
+	// A DEL and ADD of the same handle: the watch still has the old
+	// record's deletion to deliver when the agent has written the new one.
+	c.apply(putEv(t, datastore.KindWorkload, "c5.eth0", w("cali-old"), "50"), t0)
+	c.removeOwn(datastore.KindWorkload, "c5.eth0", "50", t0)
+	if c.apply(putEv(t, datastore.KindWorkload, "c5.eth0", w("cali-old"), "50"), t0) {
+		t.Errorf("a put older than the agent's own deletion was applied")
+	}
+	c.apply(delEv(datastore.KindWorkload, "c5.eth0", "51"), t0)
+	if _, ok := c.own[objKey{datastore.KindWorkload, "c5.eth0"}]; ok {
+		t.Errorf("the deletion's own event did not end the own write")
+	}
+	c.putOwn(mustKV(t, datastore.KindWorkload, "c5.eth0", w("cali-new"), "60"), t0)
+	if c.apply(delEv(datastore.KindWorkload, "c5.eth0", "59"), t0) {
+		t.Errorf("a deletion older than the agent's own write was applied")
+	}
+	if got := c.workloads["c5.eth0"].Spec.HostIface; got != "cali-new" {
+		t.Fatalf("the agent's own write was undone: iface %q", got)
+	}
+	c.apply(putEv(t, datastore.KindWorkload, "c5.eth0", w("cali-new"), "60"), t0)
+	if len(c.own) != 0 {
+		t.Errorf("own writes left after their events: %v", c.own)
+	}
+	if !c.apply(putEv(t, datastore.KindWorkload, "c5.eth0", w("cali-newer"), "61"), t0) || c.workloads["c5.eth0"].Spec.HostIface != "cali-newer" {
+		t.Errorf("a later change after the own write's event was not applied")
+	}
+	// An own write whose event never comes holds back events for
+	// ownWriteTTL only.
+	c.putOwn(mustKV(t, datastore.KindNode, "k8s-master1", node("k8s-master1", "192.168.3.241/24", "172.16.159.129"), "70"), t0)
+	if c.apply(putEv(t, datastore.KindNode, "k8s-master1", node("k8s-master1", "192.168.3.241/24", "172.16.159.131"), "71"), t0.Add(time.Second)) {
+		t.Errorf("an event within ownWriteTTL of an own write was applied")
+	}
+	if !c.apply(putEv(t, datastore.KindNode, "k8s-master1", node("k8s-master1", "192.168.3.241/24", "172.16.159.131"), "72"), t0.Add(2*ownWriteTTL)) {
+		t.Errorf("an event after ownWriteTTL was held back")
+	}
+}
+
+// TestCacheReplaceKeepsOwnWrites: a list that started before an own write
+// returned and does not hold it leaves the write in the cache; a list that
+// started after it replaces it.
+func TestCacheReplaceKeepsOwnWrites(t *testing.T) {
+	c := seedCache(t)
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	w := api.WorkloadEndpoint{Spec: api.WorkloadEndpointSpec{Node: "k8s-master1", Handle: "c7.eth0", HostIface: "cali7", Addresses: []string{"172.16.159.157/32"}}}
+	early := c.newListing(datastore.KindWorkload)
+	c.putOwn(mustKV(t, datastore.KindWorkload, "c7.eth0", w, "80"), t0)
+	late := c.newListing(datastore.KindWorkload)
+	stale := []datastore.KV{mustKV(t, datastore.KindWorkload, "c1.eth0", api.WorkloadEndpoint{Spec: api.WorkloadEndpointSpec{Node: "k8s-master1", Handle: "c1.eth0"}}, "9")}
+	early.add(stale)
+	c.replace(early, t0)
+	if _, ok := c.workloads["c7.eth0"]; !ok {
+		t.Errorf("a list that started before the own write dropped it")
+	}
+	late.add(stale)
+	c.replace(late, t0)
+	if _, ok := c.workloads["c7.eth0"]; ok {
+		t.Errorf("a list that started after the own write, without it, kept it")
+	}
+	if len(c.own) != 0 {
+		t.Errorf("own writes left after a list that reflects them: %v", c.own)
+	}
+	// A list that holds the write's revision ends it too.
+	c.putOwn(mustKV(t, datastore.KindWorkload, "c7.eth0", w, "90"), t0)
+	l := c.newListing(datastore.KindWorkload)
+	l.startSeq = 0 // as if the list had started before the write
+	l.add([]datastore.KV{mustKV(t, datastore.KindWorkload, "c7.eth0", w, "90")})
+	c.replace(l, t0)
+	if _, ok := c.own[objKey{datastore.KindWorkload, "c7.eth0"}]; ok || c.workloads["c7.eth0"].Spec.HostIface != "cali7" {
+		t.Errorf("a list holding the own write's revision: own %v, workload %+v", c.own, c.workloads["c7.eth0"])
 	}
 }
 
@@ -201,17 +291,17 @@ func TestPoolHasRoom(t *testing.T) {
 			c := newCache("me", nil)
 			n := node("me", "192.168.3.1/24", "")
 			n.Metadata.Labels = tc.labels
-			c.nodes[datastore.NodeKey("me")] = n
+			c.nodes["me"] = n
 			for _, p := range tc.pools {
-				c.pools[datastore.PoolKey(p.Metadata.Name)] = p
+				c.pools[p.Metadata.Name] = p
 			}
 			for _, b := range tc.blocks {
-				key := datastore.BlockKey(b.CIDR)
-				cb, err := decodeBlock(mustKV(t, key, b, 1))
+				name := datastore.BlockName(b.CIDR)
+				cb, err := decodeBlock(mustKV(t, datastore.KindBlock, name, b, "1"))
 				if err != nil {
 					t.Fatal(err)
 				}
-				c.blocks[key] = cb
+				c.blocks[name] = cb
 			}
 			c.config = tc.config
 			if got := poolHasRoom(c); got != tc.want {

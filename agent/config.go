@@ -13,6 +13,7 @@ import (
 
 	"twill.dev/twill/agentapi"
 	"twill.dev/twill/dataplane"
+	"twill.dev/twill/ipam"
 	"twill.dev/twill/plan"
 )
 
@@ -21,6 +22,8 @@ const (
 	DefaultResyncInterval = 30 * time.Second
 	DefaultHealthAddr     = "127.0.0.1:9099"
 	DefaultGCGrace        = time.Minute
+	// DefaultPodTimeout bounds one lookup of a pod (Config.Pods) on ADD.
+	DefaultPodTimeout = 5 * time.Second
 	// TunnelHandlePrefix + node name is the IPAM handle of a node's VXLAN
 	// tunnel address.
 	TunnelHandlePrefix = "vxlan-tunnel-addr-"
@@ -85,6 +88,25 @@ type Config struct {
 	// under it. 0 leaves the runtime alone (the CLI passes
 	// DefaultMemoryLimit).
 	MemoryLimit int64
+	// Pods, when set, reads the pods the CNI plugin adds (Kubernetes mode):
+	// an ADD that names its pod honours the pod's address and pool
+	// annotations (see PodInfo) and records the pod's UID. nil (etcd mode)
+	// allocates from the pools eligible for the node.
+	Pods PodSource
+	// PodTimeout bounds one Pods lookup; 0 means DefaultPodTimeout.
+	PodTimeout time.Duration
+	// IPAM, when set, is the IPAM the agent allocates with (on the same
+	// store); nil means the agent makes its own. Sharing one lets a
+	// background task (Background) and the agent share IPAM's per-node
+	// queues and block cache.
+	IPAM *ipam.IPAM
+	// Background are tasks that run while the agent runs, each in its own
+	// goroutine, from the moment the node is registered until Run's
+	// context ends (a cluster-wide IPAM garbage collector, for instance).
+	// A task gets the agent (for its Store, IPAM and NodeName) and must
+	// return when ctx ends; one that returns earlier is started again
+	// after a bounded backoff.
+	Background []func(ctx context.Context, a *Agent)
 	// Getenv reads the default pool's environment; nil means os.Getenv.
 	Getenv func(string) string
 	// Logger receives the agent's logs; nil means slog.Default().
@@ -135,6 +157,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.GCGrace == 0 {
 		c.GCGrace = DefaultGCGrace
+	}
+	if c.PodTimeout == 0 {
+		c.PodTimeout = DefaultPodTimeout
+	}
+	if c.PodTimeout < 0 {
+		return bad("pod lookup timeout %s is negative", c.PodTimeout)
 	}
 	if c.MemoryLimit < 0 {
 		return bad("memory limit %d is negative; use 0 for none", c.MemoryLimit)

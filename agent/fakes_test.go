@@ -224,17 +224,59 @@ func testPool(name, cidr string, mode api.EncapMode) api.IPPool {
 	return p
 }
 
-func put(t testing.TB, s datastore.Store, key string, v any) int64 {
+// objKV encodes v as the object kind/name; a workload endpoint gets the
+// node label of its Spec.Node, as the agent writes it.
+func objKV(t testing.TB, kind datastore.Kind, name string, v any) datastore.KV {
 	t.Helper()
-	b, err := datastore.Encode(v)
+	kv, err := datastore.NewKV(kind, name, v)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rev, err := s.Txn(context.Background(), datastore.Put(key, b, datastore.AnyRevision))
-	if err != nil {
-		t.Fatalf("put %s: %v", key, err)
+	if w, ok := v.(api.WorkloadEndpoint); ok && kind == datastore.KindWorkload {
+		kv.Labels = map[string]string{datastore.LabelNode: w.Spec.Node}
 	}
-	return rev
+	return kv
+}
+
+// put writes v as kind/name, whether or not it exists, and returns the
+// revision it was stored at.
+func put(t testing.TB, s datastore.Store, kind datastore.Kind, name string, v any) string {
+	t.Helper()
+	out, err := datastore.Put(context.Background(), s, objKV(t, kind, name, v))
+	if err != nil {
+		t.Fatalf("put %s %s: %v", kind, name, err)
+	}
+	return out.Revision
+}
+
+// putBlock writes a block under its name.
+func putBlock(t testing.TB, s datastore.Store, b api.Block) string {
+	t.Helper()
+	return put(t, s, datastore.KindBlock, datastore.BlockName(b.CIDR), b)
+}
+
+// remove deletes kind/name.
+func remove(t testing.TB, s datastore.Store, kind datastore.Kind, name string) {
+	t.Helper()
+	if err := s.Delete(context.Background(), kind, name, ""); err != nil {
+		t.Fatalf("delete %s %s: %v", kind, name, err)
+	}
+}
+
+// fillCache makes kvs, objects of any cached kind, the content of c, as
+// complete lists of every kind would.
+func fillCache(c *cache, kvs []datastore.KV) {
+	for _, kind := range cachedKinds {
+		l := c.newListing(kind)
+		var mine []datastore.KV
+		for _, kv := range kvs {
+			if kv.Kind == kind {
+				mine = append(mine, kv)
+			}
+		}
+		l.add(mine)
+		c.replace(l, time.Time{})
+	}
 }
 
 func newHarness(t *testing.T, store *datastore.Fake, mutate func(*Config)) *harness {

@@ -14,6 +14,7 @@ type metrics struct {
 	reconcileTime   prometheus.Histogram
 	heals           *prometheus.CounterVec
 	datastoreErrors prometheus.Counter
+	relists         *prometheus.CounterVec
 	cniRequests     *prometheus.CounterVec
 	cniTime         *prometheus.HistogramVec
 }
@@ -38,6 +39,10 @@ func newMetrics() *metrics {
 			Name: "twill_datastore_errors_total",
 			Help: "Failed datastore lists, watches and registration writes.",
 		}),
+		relists: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "twill_datastore_lists_total",
+			Help: "Lists of one kind of datastore object into the agent's cache (the first, and one after every watch that ended), by kind.",
+		}, []string{"kind"}),
 		cniRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "twill_cni_requests_total",
 			Help: "Requests on the CNI socket, by operation and result (ok or an error code).",
@@ -48,13 +53,16 @@ func newMetrics() *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"op"}),
 	}
-	m.reg.MustRegister(m.reconciles, m.reconcileTime, m.heals, m.datastoreErrors, m.cniRequests, m.cniTime,
+	m.reg.MustRegister(m.reconciles, m.reconcileTime, m.heals, m.datastoreErrors, m.relists, m.cniRequests, m.cniTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"ok", "error"} {
 		m.reconciles.WithLabelValues(r)
 	}
 	for _, k := range healKinds {
 		m.heals.WithLabelValues(k)
+	}
+	for _, k := range cachedKinds {
+		m.relists.WithLabelValues(string(k))
 	}
 	return m
 }

@@ -41,7 +41,7 @@ func TestAllocateRecordsEndpoint(t *testing.T) {
 	if err != nil || stored.Handle != "c1.eth0" || stored.HostIface != "cali64d6bf8fbc2" || !slices.Equal(stored.Addresses, res.Addresses) {
 		t.Fatalf("sync = %+v, %v; want the endpoint with %v", stored, err, res.Addresses)
 	}
-	rec, err := datastore.GetObject[api.WorkloadEndpoint](ctx, h.store, datastore.WorkloadKey("k8s-master1", "c1.eth0"))
+	rec, err := datastore.GetObject[api.WorkloadEndpoint](ctx, h.store, datastore.KindWorkload, "c1.eth0")
 	if err != nil {
 		t.Fatalf("read the record: %v", err)
 	}
@@ -104,16 +104,23 @@ type failingRecords struct {
 	fail    atomic.Bool
 }
 
-func (s *failingRecords) Txn(ctx context.Context, ops ...datastore.Op) (int64, error) {
-	if s.fail.Load() && slices.ContainsFunc(ops, func(op datastore.Op) bool {
-		return !op.Delete && strings.HasPrefix(op.Key, datastore.WorkloadPrefix("k8s-master1"))
-	}) {
+// write runs an endpoint write, or fails it as the test asked.
+func (s *failingRecords) write(ctx context.Context, kv datastore.KV, f func(context.Context, datastore.KV) (datastore.KV, error)) (datastore.KV, error) {
+	if s.fail.Load() && kv.Kind == datastore.KindWorkload {
 		if s.applied {
-			s.Store.Txn(ctx, ops...)
+			datastore.Put(ctx, s.Store, kv)
 		}
-		return 0, datastore.ErrUnavailable
+		return datastore.KV{}, fmt.Errorf("injected: %w", datastore.ErrUnavailable)
 	}
-	return s.Store.Txn(ctx, ops...)
+	return f(ctx, kv)
+}
+
+func (s *failingRecords) Create(ctx context.Context, kv datastore.KV) (datastore.KV, error) {
+	return s.write(ctx, kv, s.Store.Create)
+}
+
+func (s *failingRecords) Update(ctx context.Context, kv datastore.KV) (datastore.KV, error) {
+	return s.write(ctx, kv, s.Store.Update)
 }
 
 // TestAllocateRecordFailureLeavesNothing: when the endpoint cannot be
@@ -150,7 +157,7 @@ func testRecordFailure(t *testing.T, applied bool) {
 	if held, err := ipam.New(h.store).HandleAddrs(ctx, "c1.eth0"); err != nil || len(held) != 0 {
 		t.Errorf("the failed request left %v allocated (%v); want nothing", held, err)
 	}
-	if _, err := h.store.Get(ctx, datastore.WorkloadKey("k8s-master1", "c1.eth0")); !errors.Is(err, datastore.ErrNotFound) {
+	if _, err := h.store.Get(ctx, datastore.KindWorkload, "c1.eth0"); !errors.Is(err, datastore.ErrNotFound) {
 		t.Errorf("the failed request left an endpoint record (%v)", err)
 	}
 	if !strings.Contains(h.logs.String(), "released a fresh allocation") {
@@ -220,7 +227,7 @@ func TestAllocateAnswersBeforeRecording(t *testing.T) {
 	if err := <-deleted; err != nil {
 		t.Error(err)
 	}
-	if _, err := h.store.Get(ctx, datastore.WorkloadKey("k8s-master1", "c1.eth0")); !errors.Is(err, datastore.ErrNotFound) {
+	if _, err := h.store.Get(ctx, datastore.KindWorkload, "c1.eth0"); !errors.Is(err, datastore.ErrNotFound) {
 		t.Errorf("a record outlived its DEL (%v)", err)
 	}
 	if _, err := h.client.Sync(ctx, "c1.eth0"); apiCode(err) != agentapi.CodeUnavailable {
@@ -237,17 +244,31 @@ type gatedRecords struct {
 	gate chan struct{}
 }
 
-func (s *gatedRecords) Txn(ctx context.Context, ops ...datastore.Op) (int64, error) {
-	if slices.ContainsFunc(ops, func(op datastore.Op) bool {
-		return !op.Delete && strings.HasPrefix(op.Key, datastore.WorkloadPrefix("k8s-master1"))
-	}) {
-		select {
-		case <-s.gate:
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
+// wait holds an endpoint write until the gate opens.
+func (s *gatedRecords) wait(ctx context.Context, kv datastore.KV) error {
+	if kv.Kind != datastore.KindWorkload {
+		return nil
 	}
-	return s.Store.Txn(ctx, ops...)
+	select {
+	case <-s.gate:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *gatedRecords) Create(ctx context.Context, kv datastore.KV) (datastore.KV, error) {
+	if err := s.wait(ctx, kv); err != nil {
+		return datastore.KV{}, err
+	}
+	return s.Store.Create(ctx, kv)
+}
+
+func (s *gatedRecords) Update(ctx context.Context, kv datastore.KV) (datastore.KV, error) {
+	if err := s.wait(ctx, kv); err != nil {
+		return datastore.KV{}, err
+	}
+	return s.Store.Update(ctx, kv)
 }
 
 // TestAllocatePlansBeforeRecording: the reconciles that the plugin's
@@ -272,7 +293,7 @@ func TestAllocatePlansBeforeRecording(t *testing.T) {
 	}
 	h.dp.signals <- struct{}{} // as the veth's creation would
 	h.dp.waitApply(t, "with the pod's route", func(dp plan.Dataplane) bool { return hasRoute(dp, res.Addresses[0], plan.KindWorkload) })
-	if _, err := h.store.Get(ctx, datastore.WorkloadKey("k8s-master1", "c1.eth0")); !errors.Is(err, datastore.ErrNotFound) {
+	if _, err := h.store.Get(ctx, datastore.KindWorkload, "c1.eth0"); !errors.Is(err, datastore.ErrNotFound) {
 		t.Fatalf("the record exists before its write was let through (%v)", err)
 	}
 	close(store.gate)
@@ -280,7 +301,7 @@ func TestAllocatePlansBeforeRecording(t *testing.T) {
 	if ep, err := h.client.Sync(ctx, "c1.eth0"); err != nil || ep.HostIface != "cali1" {
 		t.Fatalf("sync = %+v, %v", ep, err)
 	}
-	if _, err := h.store.Get(ctx, datastore.WorkloadKey("k8s-master1", "c1.eth0")); err != nil {
+	if _, err := h.store.Get(ctx, datastore.KindWorkload, "c1.eth0"); err != nil {
 		t.Errorf("no record after sync: %v", err)
 	}
 }

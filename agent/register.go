@@ -14,10 +14,16 @@ import (
 // casAttempts bounds the compare-and-swap retries of a Node update.
 const casAttempts = 10
 
+// errNodeNotRegistered is wrapped by registration errors that mean the
+// Kubernetes node object does not exist yet: the agent waits for the
+// kubelet to create it.
+var errNodeNotRegistered = errors.New("node not registered by the kubelet yet")
+
 // register detects the host address, creates the default pool when no pool
 // exists, writes the Node and makes sure it has a tunnel address. It
 // retries with bounded backoff until it succeeds or ctx ends: a datastore
-// that is down at boot, or an interface that is not up yet, is waited for.
+// that is down at boot, an interface that is not up yet, or (on
+// Kubernetes) a node the kubelet has not registered yet, is waited for.
 // A configuration no retry can fix (an invalid node, a bad default-pool
 // environment) is returned at once; it wraps ErrConfig.
 func (a *Agent) register(ctx context.Context) error {
@@ -33,10 +39,16 @@ func (a *Agent) register(ctx context.Context) error {
 			a.setNotReady("registering node: " + err.Error())
 			return fmt.Errorf("agent: register node %s: %w", a.cfg.NodeName, err)
 		}
-		a.m.datastoreErrors.Inc()
 		d := backoff(attempt, relistMin, startupMax)
-		a.setNotReady("registering node: " + err.Error())
-		a.log.Warn("node registration failed; retrying", "err", err, "in", d)
+		if errors.Is(err, errNodeNotRegistered) {
+			why := fmt.Sprintf("waiting for kubelet to register node %s", a.cfg.NodeName)
+			a.setNotReady(why)
+			a.log.Info(why, "err", err, "retry_in", d)
+		} else {
+			a.m.datastoreErrors.Inc()
+			a.setNotReady("registering node: " + err.Error())
+			a.log.Warn("node registration failed; retrying", "err", err, "in", d)
+		}
 		if !sleep(a.clock, d, ctx.Done()) {
 			return ctx.Err()
 		}
@@ -94,7 +106,7 @@ func (a *Agent) registerOnce(ctx context.Context) error {
 // ensureDefaultPool creates the default pool from the environment when no
 // pool exists. Another agent creating one first is fine.
 func (a *Agent) ensureDefaultPool(ctx context.Context) error {
-	kvs, _, err := a.store.List(ctx, datastore.PoolsPrefix)
+	kvs, _, err := a.store.List(ctx, datastore.KindIPPool, datastore.ListOptions{})
 	if err != nil {
 		return fmt.Errorf("list IP pools: %w", err)
 	}
@@ -105,13 +117,13 @@ func (a *Agent) ensureDefaultPool(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: no IP pool exists and the default pool cannot be built from the environment (fix the CALICO_IPV4POOL_*/TWILL_IPV4POOL_* variables or create a pool with `twill apply`): %w", ErrConfig, err)
 	}
-	b, err := datastore.Encode(p)
+	kv, err := datastore.NewKV(datastore.KindIPPool, p.Metadata.Name, p)
 	if err != nil {
 		return err
 	}
-	_, err = a.store.Txn(ctx, datastore.Put(datastore.PoolKey(p.Metadata.Name), b, datastore.MustNotExist))
+	_, err = a.store.Create(ctx, kv)
 	switch {
-	case errors.Is(err, datastore.ErrConflict):
+	case errors.Is(err, datastore.ErrExists):
 		a.log.Info("another agent created the default IP pool first", "pool", p.Metadata.Name)
 		return nil
 	case err != nil:
@@ -123,51 +135,71 @@ func (a *Agent) ensureDefaultPool(ctx context.Context) error {
 }
 
 // updateNode reads the local Node (or starts a new one), applies mutate and
-// writes it back as a compare-and-swap, retrying on conflicts. Labels and
-// fields mutate does not touch are preserved.
+// writes it back: a Create when it does not exist, else an Update as a
+// compare-and-swap against the revision read, retrying on conflicts.
+// Labels and fields mutate does not touch are preserved. On Kubernetes the
+// Node is the cluster's v1.Node, which only the kubelet creates: a Create
+// that finds no v1.Node fails with datastore.ErrNotFound, returned wrapped
+// in errNodeNotRegistered.
 func (a *Agent) updateNode(ctx context.Context, mutate func(*api.Node)) (api.Node, error) {
-	key := datastore.NodeKey(a.cfg.NodeName)
+	name := a.cfg.NodeName
 	for attempt := 1; attempt <= casAttempts; attempt++ {
 		var n api.Node
-		expect := datastore.MustNotExist
-		o, err := datastore.GetObject[api.Node](ctx, a.store, key)
+		exists := false
+		o, err := datastore.GetObject[api.Node](ctx, a.store, datastore.KindNode, name)
 		switch {
 		case err == nil:
-			n, expect = o.Value, o.Revision
+			n, exists = o.Value, true
 		case errors.Is(err, datastore.ErrNotFound):
-			n.Metadata.Name = a.cfg.NodeName
+			n.Metadata.Name = name
 		default:
-			return api.Node{}, fmt.Errorf("read Node %s: %w", a.cfg.NodeName, err)
+			return api.Node{}, fmt.Errorf("read Node %s: %w", name, err)
 		}
 		before := n
 		n.Default()
-		n.Metadata.Name = a.cfg.NodeName
+		n.Metadata.Name = name
 		n.Metadata.ResourceVersion = ""
 		mutate(&n)
 		if err := n.Validate(); err != nil {
-			return api.Node{}, fmt.Errorf("%w: node %s: %w", ErrConfig, a.cfg.NodeName, err)
+			return api.Node{}, fmt.Errorf("%w: node %s: %w", ErrConfig, name, err)
 		}
-		if expect != datastore.MustNotExist && nodeSpecEqual(before, n) {
+		if exists && nodeSpecEqual(before, n) {
 			return n, nil
 		}
-		b, err := datastore.Encode(n)
+		kv, err := datastore.NewKV(datastore.KindNode, name, n)
 		if err != nil {
 			return api.Node{}, err
 		}
-		rev, err := a.store.Txn(ctx, datastore.Put(key, b, expect))
-		if errors.Is(err, datastore.ErrConflict) {
-			continue
+		kv.Labels = o.Labels
+		var stored datastore.KV
+		if exists {
+			kv.Revision = o.Revision
+			stored, err = a.store.Update(ctx, kv)
+		} else {
+			stored, err = a.store.Create(ctx, kv)
+			if errors.Is(err, datastore.ErrNotFound) {
+				return api.Node{}, fmt.Errorf("create Node %s: %w: %w", name, errNodeNotRegistered, err)
+			}
+		}
+		if errors.Is(err, datastore.ErrConflict) || (exists && errors.Is(err, datastore.ErrNotFound)) {
+			continue // changed, created or deleted meanwhile: read again
 		}
 		if err != nil {
-			return api.Node{}, fmt.Errorf("write Node %s: %w", a.cfg.NodeName, err)
+			return api.Node{}, fmt.Errorf("write Node %s: %w", name, err)
+		}
+		if stored.Kind == "" {
+			stored.Kind, stored.Name = datastore.KindNode, name
+		}
+		if stored.Value == nil {
+			stored.Value = kv.Value
 		}
 		a.mu.Lock()
-		a.cache.apply(datastore.Event{Type: datastore.EventPut, KV: datastore.KV{Key: key, Value: b, Revision: rev}}, rev)
+		a.cache.putOwn(stored, a.clock.Now())
 		a.mu.Unlock()
 		a.markDirty(reasonLocal)
 		return n, nil
 	}
-	return api.Node{}, fmt.Errorf("write Node %s: still conflicting after %d attempts: %w", a.cfg.NodeName, casAttempts, datastore.ErrConflict)
+	return api.Node{}, fmt.Errorf("write Node %s: still conflicting after %d attempts: %w", name, casAttempts, datastore.ErrConflict)
 }
 
 // nodeSpecEqual reports whether writing b over a would change nothing.
@@ -182,7 +214,7 @@ func (a *Agent) tunnelHandle() string { return TunnelHandlePrefix + a.cfg.NodeNa
 // exists: the address its handle already holds (a restart reuses it), else
 // a new one of use Tunnel from the node's block, recorded on the Node.
 func (a *Agent) ensureTunnel(ctx context.Context) error {
-	objs, _, err := datastore.ListObjects[api.IPPool](ctx, a.store, datastore.PoolsPrefix)
+	objs, _, err := datastore.ListObjects[api.IPPool](ctx, a.store, datastore.KindIPPool, datastore.ListOptions{})
 	if err != nil {
 		return fmt.Errorf("list IP pools: %w", err)
 	}

@@ -17,79 +17,107 @@ import (
 // errInjected is the list failure relistStore injects.
 var errInjected = errors.New("injected list failure")
 
-// relistStore is a breakableStore whose next List of a prefix a test can
+// relistStore is a breakableStore whose next list of a kind a test can
 // make fail, or hold until released.
 type relistStore struct {
 	*breakableStore
 	mu   sync.Mutex
-	fail map[string]chan struct{} // closed when the failure happened
-	hold map[string]chan struct{} // closed when the List is held
-	// release ends every held List.
+	fail map[datastore.Kind]chan struct{} // closed when the failure happened
+	hold map[datastore.Kind]chan struct{} // closed when the list is held
+	// release ends every held list.
 	release chan struct{}
 }
 
 func newRelistStore() *relistStore {
-	return &relistStore{breakableStore: &breakableStore{Fake: datastore.NewFake()},
-		fail: map[string]chan struct{}{}, hold: map[string]chan struct{}{}, release: make(chan struct{})}
+	return &relistStore{breakableStore: newBreakableStore(),
+		fail: map[datastore.Kind]chan struct{}{}, hold: map[datastore.Kind]chan struct{}{}, release: make(chan struct{})}
 }
 
-func (s *relistStore) List(ctx context.Context, prefix string) ([]datastore.KV, int64, error) {
+// gate fails or holds a list of kind as the test asked.
+func (s *relistStore) gate(ctx context.Context, kind datastore.Kind) error {
 	s.mu.Lock()
-	failed, held := s.fail[prefix], s.hold[prefix]
-	delete(s.fail, prefix)
-	delete(s.hold, prefix)
+	failed, held := s.fail[kind], s.hold[kind]
+	delete(s.fail, kind)
+	delete(s.hold, kind)
 	s.mu.Unlock()
 	if failed != nil {
 		close(failed)
-		return nil, 0, errInjected
+		return errInjected
 	}
 	if held != nil {
 		close(held)
 		select {
 		case <-s.release:
 		case <-ctx.Done():
-			return nil, 0, ctx.Err()
+			return ctx.Err()
 		}
 	}
-	return s.breakableStore.List(ctx, prefix)
+	return nil
 }
 
-// failNext makes the next List of prefix fail; the channel closes when it did.
-func (s *relistStore) failNext(prefix string) <-chan struct{} {
+func (s *relistStore) List(ctx context.Context, kind datastore.Kind, opts datastore.ListOptions) ([]datastore.KV, string, error) {
+	if err := s.gate(ctx, kind); err != nil {
+		return nil, "", err
+	}
+	return s.Fake.List(ctx, kind, opts)
+}
+
+// ListPages hands the first page over before it fails or holds, so that a
+// failed list has partly filled the agent's new map.
+func (s *relistStore) ListPages(ctx context.Context, kind datastore.Kind, opts datastore.ListOptions, page func([]datastore.KV, bool) error) (string, error) {
+	kvs, _, err := s.Fake.List(ctx, kind, opts)
+	if err != nil {
+		return "", err
+	}
+	if len(kvs) > 0 {
+		if err := page(kvs[:1], false); err != nil {
+			return "", err
+		}
+	}
+	if err := s.gate(ctx, kind); err != nil {
+		return "", err
+	}
+	if err := page(nil, true); err != nil {
+		return "", err
+	}
+	return s.Fake.ListPages(ctx, kind, opts, page)
+}
+
+// failNext makes the next list of kind fail; the channel closes when it did.
+func (s *relistStore) failNext(kind datastore.Kind) <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := make(chan struct{})
-	s.fail[prefix] = c
+	s.fail[kind] = c
 	return c
 }
 
-// holdNext makes the next List of prefix wait for release; the channel
+// holdNext makes the next list of kind wait for release; the channel
 // closes when it started waiting.
-func (s *relistStore) holdNext(prefix string) <-chan struct{} {
+func (s *relistStore) holdNext(kind datastore.Kind) <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := make(chan struct{})
-	s.hold[prefix] = c
+	s.hold[kind] = c
 	return c
 }
 
 // TestRelistNeverPlansAPartialCache checks the agent's side of the
-// firewall's empty-list rule: while the cache is listed again after a
-// compacted watch (a list that fails half-way, then one held between the
-// node list and the pool list, while a pool is added), every plan the
-// agent applies still names every peer and pool, so neither real peers'
-// VXLAN nor masquerade is ever cut; the new pool arrives once the list
-// completes.
+// firewall's empty-list rule: while a kind is listed again after a
+// compacted watch (a node list that fails half-way, then a pool list held
+// half-way while a pool is added), every plan the agent applies still names
+// every peer and pool, so neither real peers' VXLAN nor masquerade is ever
+// cut; the new pool arrives once its list completes.
 func TestRelistNeverPlansAPartialCache(t *testing.T) {
 	rs := newRelistStore()
 	for _, p := range []struct{ name, addr, tunnel, block string }{
 		{"k8s-master2", "192.168.3.242/24", "172.16.224.0", "172.16.224.0/26"},
 		{"k8s-node1", "192.168.32.105/24", "172.16.36.64", "172.16.36.64/26"},
 	} {
-		put(t, rs.Fake, datastore.NodeKey(p.name), api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
+		put(t, rs.Fake, datastore.KindNode, p.name, api.Node{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
 			Metadata: api.ObjectMeta{Name: p.name},
 			Spec:     api.NodeSpec{Address: p.addr, Interface: "eth0", VTEPMAC: api.VTEPMAC(p.name), TunnelAddress: p.tunnel}})
-		put(t, rs.Fake, datastore.BlockKey(p.block), api.Block{CIDR: p.block, Affinity: p.name})
+		putBlock(t, rs.Fake, api.Block{CIDR: p.block, Affinity: p.name})
 	}
 	h := newHarness(t, nil, func(c *Config) { c.Getenv = seedEnv })
 	h.run(rs)
@@ -142,21 +170,22 @@ func TestRelistNeverPlansAPartialCache(t *testing.T) {
 		return h.dp.waitApply(t, what, func(plan.Dataplane) bool { return true })
 	}
 
-	// The watch is compacted; the first re-list fails after listing the
-	// nodes and pools. The cache keeps what it had.
-	failed := rs.failNext(datastore.BlocksPrefix)
-	rs.breakWatch(datastore.ErrCompacted)
+	// The node watch is compacted; the first re-list of the nodes fails
+	// after its first page. The cache keeps the nodes it had.
+	failed := rs.failNext(datastore.KindNode)
+	rs.breakWatch(datastore.KindNode, datastore.ErrCompacted)
 	advanceUntil("the failing re-list", failed)
 	if dp := forcedApply("after a failed re-list"); !intact(dp) {
 		t.Fatalf("after a failed re-list the plan's firewall is %+v, want peers %v and pool %s", dp.Firewall, peers, seedPool)
 	}
 
-	// The next re-list has listed the nodes and waits for the pools; a
-	// pool is added meanwhile.
-	held := rs.holdNext(datastore.PoolsPrefix)
+	// The pool watch is compacted too, and the re-list of the pools waits
+	// after its first page; a pool is added meanwhile.
+	held := rs.holdNext(datastore.KindIPPool)
+	rs.breakWatch(datastore.KindIPPool, datastore.ErrCompacted)
 	advanceUntil("the held re-list", held)
 	pool := testPool("extra", extra.String(), api.EncapCrossSubnet)
-	put(t, rs.Fake, datastore.PoolKey("extra"), pool)
+	put(t, rs.Fake, datastore.KindIPPool, "extra", pool)
 	dp := forcedApply("during the held re-list")
 	if !intact(dp) {
 		t.Fatalf("during a re-list the plan's firewall is %+v, want peers %v and pool %s", dp.Firewall, peers, seedPool)

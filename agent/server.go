@@ -397,6 +397,17 @@ func (a *Agent) allocate(ctx context.Context, r *http.Request) (any, error) {
 	if err := a.requireRegistered(); err != nil {
 		return nil, err
 	}
+	pod, err := a.podRequest(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	wants := pod.ips
+	switch {
+	case len(wants) > 0 && want.IsValid() && (len(wants) != 1 || wants[0] != want):
+		return nil, invalid("the ADD asks for %s but the pod's annotation %s for %v: ask for the address in one place", want, pod.from, wants)
+	case len(wants) == 0 && want.IsValid():
+		wants = []netip.Addr{want}
+	}
 	done := a.begin(handle)
 	// An earlier request for the handle may still be recording its
 	// endpoint: let it finish first (its outcome is this one's to redo).
@@ -412,20 +423,21 @@ func (a *Agent) allocate(ctx context.Context, r *http.Request) (any, error) {
 	}
 	fresh := len(held) == 0
 	if len(held) > 0 {
-		if want.IsValid() && !slices.Contains(held, want) {
+		if len(wants) > 0 && !sameAddrs(held, wants) {
 			done()
-			return nil, invalid("handle %q already holds %v, not the requested %s: delete the endpoint first (DEL), then add again", handle, held, want)
+			return nil, invalid("handle %q already holds %v, not the requested %v: delete the endpoint first (DEL), then add again", handle, held, wants)
 		}
 	} else {
 		attrs := map[string]string{api.AttrNode: a.cfg.NodeName}
-		for k, v := range map[string]string{api.AttrNamespace: req.Namespace, api.AttrPod: req.Pod, api.AttrContainer: req.ContainerID, api.AttrIfName: req.IfName} {
+		for k, v := range map[string]string{api.AttrNamespace: req.Namespace, api.AttrPod: req.Pod, api.AttrPodUID: pod.uid,
+			api.AttrContainer: req.ContainerID, api.AttrIfName: req.IfName} {
 			if v != "" {
 				attrs[k] = v
 			}
 		}
-		held, err = a.ipam.Allocate(ctx, ipam.AllocateRequest{
-			Handle: handle, Node: a.cfg.NodeName, Use: api.UseWorkload, Attrs: attrs, Count: 1, IP: want,
-		})
+		held, err = a.allocateFor(ctx, ipam.AllocateRequest{
+			Handle: handle, Node: a.cfg.NodeName, Use: api.UseWorkload, Attrs: attrs, Count: 1, Pools: pod.pools,
+		}, wants)
 		if err != nil {
 			done()
 			return nil, err
@@ -454,8 +466,9 @@ func (a *Agent) allocate(ctx context.Context, r *http.Request) (any, error) {
 	ep.IfName = cmp.Or(ep.IfName, req.IfName)
 	ep.Namespace = cmp.Or(ep.Namespace, req.Namespace)
 	ep.Pod = cmp.Or(ep.Pod, req.Pod)
+	ep.PodUID = cmp.Or(ep.PodUID, pod.uid)
 	w := a.endpointObject(handle, ep, held)
-	b, err := datastore.Encode(w)
+	kv, err := a.endpointKV(w)
 	if err != nil {
 		done()
 		return nil, err
@@ -465,7 +478,7 @@ func (a *Agent) allocate(ctx context.Context, r *http.Request) (any, error) {
 	resp.Recording = true
 	return followUp{answer: resp, then: func(ctx context.Context) {
 		defer done()
-		err := a.commit(ctx, st, b)
+		err := a.commit(ctx, st, kv)
 		if err != nil && fresh {
 			// A failed request leaves nothing behind: neither the address
 			// it allocated nor a record that may have been written before
@@ -478,30 +491,34 @@ func (a *Agent) allocate(ctx context.Context, r *http.Request) (any, error) {
 
 // staged is an endpoint put into the cache before its record is written.
 type staged struct {
-	w   api.WorkloadEndpoint
-	key string
-	// prev is what the cache held for key before (if hadPrev), at the
-	// revision prevRev.
+	w api.WorkloadEndpoint
+	// own marks the cache entry as the agent's, ahead of the watch.
+	own *ownWrite
+	// prev is what the cache held for the handle before (if hadPrev), and
+	// prevOwn the own write it was marked with, if any.
 	prev    api.WorkloadEndpoint
 	hadPrev bool
-	prevRev int64
+	prevOwn *ownWrite
 	// settled is set when no Apply was running: every Apply from then on
 	// plans with the endpoint.
 	settled bool
 }
 
-// stage puts w into the cache ahead of its record. It does not ask for a
-// reconcile: the plugin's plumbing is about to set one off (kernel
-// events), and commit asks for one. An Apply that planned without it may
-// still be running; then st.settled is false and commit waits for that
-// Apply.
+// stage puts w into the cache ahead of its record, marked as an own write
+// being made, so that neither the watch nor a list takes it out again. It
+// does not ask for a reconcile: the plugin's plumbing is about to set one
+// off (kernel events), and commit asks for one. An Apply that planned
+// without it may still be running; then st.settled is false and commit
+// waits for that Apply.
 func (a *Agent) stage(w api.WorkloadEndpoint) *staged {
-	st := &staged{w: w, key: datastore.WorkloadKey(a.cfg.NodeName, w.Spec.Handle)}
+	st := &staged{w: w, own: &ownWrite{staged: true}}
+	k := objKey{datastore.KindWorkload, w.Spec.Handle}
 	st.settled = a.planMu.TryLock()
 	a.mu.Lock()
-	st.prev, st.hadPrev = a.cache.workloads[st.key]
-	st.prevRev = a.cache.revs[st.key]
-	a.cache.workloads[st.key] = w
+	st.prev, st.hadPrev = a.cache.workloads[k.name]
+	st.prevOwn = a.cache.own[k]
+	a.cache.workloads[k.name] = w
+	a.cache.own[k] = st.own
 	a.mu.Unlock()
 	if st.settled {
 		a.planMu.Unlock()
@@ -509,32 +526,70 @@ func (a *Agent) stage(w api.WorkloadEndpoint) *staged {
 	return st
 }
 
-// commit writes the record of a staged endpoint (b is st.w encoded) and
+// endpointKV is the stored object of w: named by its handle and labelled
+// with the node.
+func (a *Agent) endpointKV(w api.WorkloadEndpoint) (datastore.KV, error) {
+	kv, err := datastore.NewKV(datastore.KindWorkload, w.Spec.Handle, w)
+	if err != nil {
+		return datastore.KV{}, err
+	}
+	kv.Labels = map[string]string{datastore.LabelNode: a.cfg.NodeName}
+	return kv, nil
+}
+
+// writeEndpoint writes kv, an endpoint record, whether or not one exists,
+// and returns it as stored.
+func (a *Agent) writeEndpoint(ctx context.Context, kv datastore.KV) (datastore.KV, error) {
+	stored, err := datastore.Put(ctx, a.store, kv)
+	if err != nil {
+		return datastore.KV{}, fmt.Errorf("record endpoint %s: %w", kv.Name, err)
+	}
+	if stored.Kind == "" {
+		stored.Kind, stored.Name = kv.Kind, kv.Name
+	}
+	if stored.Value == nil {
+		stored.Value = kv.Value
+	}
+	if stored.Labels == nil {
+		stored.Labels = kv.Labels
+	}
+	return stored, nil
+}
+
+// commit writes the record of a staged endpoint (kv is st.w as stored) and
 // returns once no Apply that planned without it still runs. When the write
-// fails, the cache gets back what it held, unless the datastore's watch
-// has changed the key since.
-func (a *Agent) commit(ctx context.Context, st *staged, b []byte) error {
+// fails, the cache gets back what it held, unless another request has
+// staged or written the handle since.
+func (a *Agent) commit(ctx context.Context, st *staged, kv datastore.KV) error {
 	handle := st.w.Spec.Handle
-	rev, err := a.store.Txn(ctx, datastore.Put(st.key, b, datastore.AnyRevision))
+	k := objKey{datastore.KindWorkload, handle}
+	stored, err := a.writeEndpoint(ctx, kv)
 	if err != nil {
 		a.mu.Lock()
-		if a.cache.revs[st.key] == st.prevRev {
+		if a.cache.own[k] == st.own {
 			if st.hadPrev {
-				a.cache.workloads[st.key] = st.prev
+				a.cache.workloads[handle] = st.prev
 			} else {
-				delete(a.cache.workloads, st.key)
+				delete(a.cache.workloads, handle)
+			}
+			if st.prevOwn != nil {
+				a.cache.own[k] = st.prevOwn
+			} else {
+				delete(a.cache.own, k)
 			}
 		}
 		a.mu.Unlock()
 		a.markDirty(reasonLocal)
-		return fmt.Errorf("record endpoint %s: %w", handle, err)
+		return err
 	}
 	a.touch(handle)
 	if !st.settled {
 		a.planMu.Lock() // see Agent.planMu: outlast the Apply that planned without it
 	}
 	a.mu.Lock()
-	a.cache.apply(datastore.Event{Type: datastore.EventPut, KV: datastore.KV{Key: st.key, Value: b, Revision: rev}}, rev)
+	if cur := a.cache.own[k]; cur == st.own || cur == nil || !cur.staged {
+		a.cache.putOwn(stored, a.clock.Now())
+	}
 	a.mu.Unlock()
 	if !st.settled {
 		a.planMu.Unlock()
@@ -630,7 +685,7 @@ func (a *Agent) syncRecord(ctx context.Context, r *http.Request) (any, error) {
 		return nil, err
 	}
 	a.mu.Lock()
-	w, ok := a.cache.workloads[datastore.WorkloadKey(a.cfg.NodeName, req.Handle)]
+	w, ok := a.cache.workloads[req.Handle]
 	a.mu.Unlock()
 	if !ok {
 		return nil, &agentapi.Error{Code: agentapi.CodeUnavailable, Message: fmt.Sprintf(
@@ -681,19 +736,20 @@ func checkEndpoint(ep *agentapi.Endpoint) error {
 // planned without the endpoint still runs (see Agent.planMu).
 func (a *Agent) recordEndpoint(ctx context.Context, handle string, ep agentapi.Endpoint, addrs []netip.Addr) error {
 	w := a.endpointObject(handle, ep, addrs)
-	b, err := datastore.Encode(w)
+	kv, err := a.endpointKV(w)
 	if err != nil {
 		return err
 	}
-	key := datastore.WorkloadKey(a.cfg.NodeName, handle)
-	rev, err := a.store.Txn(ctx, datastore.Put(key, b, datastore.AnyRevision))
+	stored, err := a.writeEndpoint(ctx, kv)
 	if err != nil {
-		return fmt.Errorf("record endpoint %s: %w", handle, err)
+		return err
 	}
 	a.touch(handle)
 	a.planMu.Lock() // see Agent.planMu: no stale Apply may follow this
 	a.mu.Lock()
-	a.cache.apply(datastore.Event{Type: datastore.EventPut, KV: datastore.KV{Key: key, Value: b, Revision: rev}}, rev)
+	if cur := a.cache.own[objKey{datastore.KindWorkload, handle}]; cur == nil || !cur.staged {
+		a.cache.putOwn(stored, a.clock.Now())
+	}
 	a.mu.Unlock()
 	a.planMu.Unlock()
 	a.markDirty(reasonLocal)
@@ -705,9 +761,9 @@ func (a *Agent) recordEndpoint(ctx context.Context, handle string, ep agentapi.E
 func (a *Agent) endpointObject(handle string, ep agentapi.Endpoint, addrs []netip.Addr) api.WorkloadEndpoint {
 	return api.WorkloadEndpoint{
 		TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindWorkloadEndpoint},
-		Metadata: api.ObjectMeta{Name: handle},
+		Metadata: api.ObjectMeta{Name: handle, Labels: map[string]string{datastore.LabelNode: a.cfg.NodeName}},
 		Spec: api.WorkloadEndpointSpec{
-			Node: a.cfg.NodeName, Namespace: ep.Namespace, Pod: ep.Pod, ContainerID: ep.ContainerID, IfName: ep.IfName,
+			Node: a.cfg.NodeName, Namespace: ep.Namespace, Pod: ep.Pod, PodUID: ep.PodUID, ContainerID: ep.ContainerID, IfName: ep.IfName,
 			Handle: handle, HostIface: ep.HostIface, Addresses: hostPrefixes(addrs), MAC: ep.MAC, Netns: ep.Netns,
 		},
 	}
@@ -717,7 +773,7 @@ func (a *Agent) endpointObject(handle string, ep agentapi.Endpoint, addrs []neti
 func endpointFrom(w api.WorkloadEndpoint) *agentapi.Endpoint {
 	s := w.Spec
 	return &agentapi.Endpoint{Handle: s.Handle, ContainerID: s.ContainerID, IfName: s.IfName, Namespace: s.Namespace,
-		Pod: s.Pod, HostIface: s.HostIface, Addresses: slices.Clone(s.Addresses), MAC: s.MAC, Netns: s.Netns}
+		Pod: s.Pod, PodUID: s.PodUID, HostIface: s.HostIface, Addresses: slices.Clone(s.Addresses), MAC: s.MAC, Netns: s.Netns}
 }
 
 func (a *Agent) putEndpoint(ctx context.Context, r *http.Request) (any, error) {
@@ -773,10 +829,12 @@ func (a *Agent) putEndpoint(ctx context.Context, r *http.Request) (any, error) {
 func (a *Agent) getEndpoint(ctx context.Context, r *http.Request) (any, error) {
 	handle := r.PathValue("handle")
 	st := agentapi.EndpointStatus{Handle: handle}
-	o, err := datastore.GetObject[api.WorkloadEndpoint](ctx, a.store, datastore.WorkloadKey(a.cfg.NodeName, handle))
+	o, err := datastore.GetObject[api.WorkloadEndpoint](ctx, a.store, datastore.KindWorkload, handle)
 	switch {
-	case err == nil:
+	case err == nil && a.cache.mine(o.Labels):
 		st.Endpoint = endpointFrom(o.Value)
+	case err == nil:
+		// Another node's record under the same handle: not this agent's.
 	case !errors.Is(err, datastore.ErrNotFound):
 		return nil, fmt.Errorf("read endpoint %s: %w", handle, err)
 	}
@@ -791,27 +849,36 @@ func (a *Agent) getEndpoint(ctx context.Context, r *http.Request) (any, error) {
 	return st, nil
 }
 
-// deleteRecord deletes the endpoint record of handle, if any, and reports
-// whether one was deleted.
+// deleteRecord deletes the endpoint record of handle, if this node has
+// one, and reports whether one was deleted. The delete is a
+// compare-and-swap against the record read, so that a record written again
+// meanwhile is read again.
 func (a *Agent) deleteRecord(ctx context.Context, handle string) (bool, error) {
-	key := datastore.WorkloadKey(a.cfg.NodeName, handle)
 	for attempt := 1; attempt <= casAttempts; attempt++ {
-		kv, err := a.store.Get(ctx, key)
+		kv, err := a.store.Get(ctx, datastore.KindWorkload, handle)
 		if errors.Is(err, datastore.ErrNotFound) {
 			return false, nil
 		}
 		if err != nil {
 			return false, fmt.Errorf("read endpoint %s: %w", handle, err)
 		}
-		rev, err := a.store.Txn(ctx, datastore.Delete(key, kv.Revision))
+		if !a.cache.mine(kv.Labels) {
+			return false, nil
+		}
+		err = a.store.Delete(ctx, datastore.KindWorkload, handle, kv.Revision)
 		if errors.Is(err, datastore.ErrConflict) {
 			continue
+		}
+		if errors.Is(err, datastore.ErrNotFound) {
+			return false, nil
 		}
 		if err != nil {
 			return false, fmt.Errorf("delete endpoint %s: %w", handle, err)
 		}
 		a.mu.Lock()
-		a.cache.apply(datastore.Event{Type: datastore.EventDelete, KV: datastore.KV{Key: key, Revision: rev}}, rev)
+		if cur := a.cache.own[objKey{datastore.KindWorkload, handle}]; cur == nil || !cur.staged {
+			a.cache.removeOwn(datastore.KindWorkload, handle, kv.Revision, a.clock.Now())
+		}
 		a.mu.Unlock()
 		a.markDirty(reasonLocal)
 		return true, nil
@@ -882,18 +949,13 @@ func (a *Agent) gc(ctx context.Context, r *http.Request) (any, error) {
 		}
 		stale[al.Handle] = true
 	}
-	records, _, err := a.store.List(ctx, datastore.WorkloadPrefix(a.cfg.NodeName))
+	records, _, err := a.store.List(ctx, datastore.KindWorkload, a.listOptions(datastore.KindWorkload))
 	if err != nil {
 		return nil, fmt.Errorf("list endpoints: %w", err)
 	}
 	orphans := map[string]bool{}
 	for _, kv := range records {
-		o, err := datastore.Decode[api.WorkloadEndpoint](kv)
-		h := datastore.UnescapeSegment(kv.Key[len(datastore.WorkloadPrefix(a.cfg.NodeName)):])
-		if err == nil && o.Value.Spec.Handle != "" {
-			h = o.Value.Spec.Handle
-		}
-		if !valid[h] && h != tunnel {
+		if h := kv.Name; !valid[h] && h != tunnel && a.cache.mine(kv.Labels) {
 			orphans[h] = true
 		}
 	}
@@ -939,4 +1001,44 @@ func sortedKeys(sets ...map[string]bool) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// allocateFor allocates for req: exactly the addresses wants when there
+// are any (one IPAM request each; when one fails, those already allocated
+// are released again), else req.Count addresses from req.Pools.
+func (a *Agent) allocateFor(ctx context.Context, req ipam.AllocateRequest, wants []netip.Addr) ([]netip.Addr, error) {
+	if len(wants) == 0 {
+		return a.ipam.Allocate(ctx, req)
+	}
+	var held []netip.Addr
+	for _, ip := range wants {
+		r := req
+		r.IP, r.Count, r.Pools = ip, 1, nil
+		got, err := a.ipam.Allocate(ctx, r)
+		if err != nil {
+			if len(held) > 0 {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
+				if _, rerr := a.ipam.ReleaseHandle(rctx, req.Handle); rerr != nil {
+					a.log.Error("release the addresses of a partly failed allocation (DEL or GC cleans them up)", "handle", req.Handle, "addresses", held, "err", rerr)
+				}
+				cancel()
+			}
+			return nil, err
+		}
+		held = append(held, got...)
+	}
+	return held, nil
+}
+
+// sameAddrs reports whether a and b hold the same addresses, in any order.
+func sameAddrs(a, b []netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
 }

@@ -71,7 +71,7 @@ func TestAllocateAndEndpointLifecycle(t *testing.T) {
 	if stored.Handle != "c1.eth0" || stored.HostIface != ep.HostIface {
 		t.Errorf("put returned %+v", stored)
 	}
-	rec, err := datastore.GetObject[api.WorkloadEndpoint](ctx, h.store, datastore.WorkloadKey("k8s-master1", "c1.eth0"))
+	rec, err := datastore.GetObject[api.WorkloadEndpoint](ctx, h.store, datastore.KindWorkload, "c1.eth0")
 	if err != nil || rec.Value.Spec.Node != "k8s-master1" || rec.Value.Spec.HostIface != "cali64d6bf8fbc2" || rec.Value.Kind != api.KindWorkloadEndpoint {
 		t.Errorf("stored endpoint = %+v, %v", rec.Value, err)
 	}
@@ -149,7 +149,7 @@ func TestPoolExhaustionAndStatus(t *testing.T) {
 	// Four addresses: one for the tunnel, three for pods.
 	p := api.IPPool{Metadata: api.ObjectMeta{Name: "tiny"}, Spec: api.IPPoolSpec{CIDR: "10.9.0.0/30", BlockSize: 30, VXLANMode: api.EncapAlways}}
 	p.Default()
-	put(t, store, datastore.PoolKey("tiny"), p)
+	put(t, store, datastore.KindIPPool, "tiny", p)
 	h := newHarness(t, store, nil)
 	h.start()
 	ctx := context.Background()
@@ -234,7 +234,7 @@ func TestGC(t *testing.T) {
 	if _, err := h.agent.ipam.Allocate(ctx, ipam.AllocateRequest{Handle: "o1.eth0", Node: "k8s-master2", Use: api.UseWorkload}); err != nil {
 		t.Fatal(err)
 	}
-	put(t, h.store, datastore.WorkloadKey("k8s-master1", "c4.eth0"), api.WorkloadEndpoint{Spec: api.WorkloadEndpointSpec{Node: "k8s-master1", Handle: "c4.eth0", HostIface: "cali4", Addresses: []string{"172.16.1.1/32"}}})
+	put(t, h.store, datastore.KindWorkload, "c4.eth0", api.WorkloadEndpoint{Spec: api.WorkloadEndpointSpec{Node: "k8s-master1", Handle: "c4.eth0", HostIface: "cali4", Addresses: []string{"172.16.1.1/32"}}})
 
 	valid := agentapi.GCRequest{ValidAttachments: []agentapi.Attachment{{ContainerID: "c1", IfName: "eth0"}}}
 	res, err := h.client.GC(ctx, valid)
@@ -264,7 +264,7 @@ func TestGC(t *testing.T) {
 			t.Errorf("after GC, %s holds %v; want held=%v", handle, got, want)
 		}
 	}
-	if _, err := h.store.Get(ctx, datastore.WorkloadKey("k8s-master1", "c2.eth0")); !errors.Is(err, datastore.ErrNotFound) {
+	if _, err := h.store.Get(ctx, datastore.KindWorkload, "c2.eth0"); !errors.Is(err, datastore.ErrNotFound) {
 		t.Errorf("c2's endpoint record survived GC: %v", err)
 	}
 	if _, err := h.client.GC(ctx, agentapi.GCRequest{ValidAttachments: []agentapi.Attachment{{ContainerID: "c1"}}}); apiCode(err) != agentapi.CodeInvalid {

@@ -85,15 +85,20 @@ type AllocateRequest struct {
 	Handle      string `json:"handle,omitempty"`
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifName"`
-	// Namespace and Pod are recorded with the allocation.
+	// Namespace and Pod are recorded with the allocation. In Kubernetes
+	// mode the agent also reads the pod's address and pool annotations.
 	Namespace string `json:"namespace,omitempty"`
 	Pod       string `json:"pod,omitempty"`
+	// PodUID is the pod's UID (CNI_ARGS K8S_POD_UID), recorded with the
+	// allocation when set.
+	PodUID string `json:"podUID,omitempty"`
 	// IP optionally requests a specific address (no prefix length).
 	IP string `json:"ip,omitempty"`
 	// Record, when set, asks the agent to record the pod's endpoint too, as
 	// PUT /v1/endpoints/{handle} would with Record as its body: the
 	// addresses are the handle's (Record.Addresses is ignored), and empty
-	// ContainerID, IfName, Namespace and Pod are taken from the request.
+	// ContainerID, IfName, Namespace, Pod and PodUID are taken from the
+	// request.
 	// The agent writes the record after its answer, which then says
 	// Recording, so that the plugin plumbs the veth meanwhile; the plugin
 	// calls Sync before it adds the pod's route, and Sync reports the
@@ -146,6 +151,7 @@ type Endpoint struct {
 	IfName      string `json:"ifName"`
 	Namespace   string `json:"namespace,omitempty"`
 	Pod         string `json:"pod,omitempty"`
+	PodUID      string `json:"podUID,omitempty"`
 	// HostIface is the host side of the veth (at most 15 bytes).
 	HostIface string `json:"hostIface"`
 	// Addresses are the pod's addresses, each a /32 ("172.16.159.145/32";

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"twill.dev/twill/api"
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/plan"
 )
@@ -196,30 +197,61 @@ func TestScaleClusterPlansHalfDirectHalfVXLAN(t *testing.T) {
 func TestClusterWrite(t *testing.T) {
 	c := ScaleCluster("local", 30, 4)
 	s := datastore.NewFake()
-	skip := func(k string) bool { return k == datastore.NodeKey("local") }
-	if err := c.Write(context.Background(), s, skip); err != nil {
+	ctx := context.Background()
+	skip := func(kind datastore.Kind, name string) bool { return kind == datastore.KindNode && name == "local" }
+	if err := c.Write(ctx, s, skip); err != nil {
 		t.Fatal(err)
 	}
-	kvs, err := c.KVs(0)
+	kvs, err := c.KVs("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	all, _, err := s.List(context.Background(), datastore.Prefix)
-	if err != nil {
-		t.Fatal(err)
+	total := 0
+	for _, kind := range datastore.Kinds {
+		all, _, err := s.List(ctx, kind, datastore.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += len(all)
 	}
-	if len(all) != len(kvs)-1 {
-		t.Errorf("store holds %d keys; want %d (all but the skipped one)", len(all), len(kvs)-1)
+	if total != len(kvs)-1 {
+		t.Errorf("store holds %d objects; want %d (all but the skipped one)", total, len(kvs)-1)
 	}
-	if _, err := s.Get(context.Background(), datastore.NodeKey("local")); !errors.Is(err, datastore.ErrNotFound) {
-		t.Errorf("skipped key written: %v", err)
+	// One write per object: no batching.
+	if s.Writes() != len(kvs)-1 {
+		t.Errorf("%d writes for %d objects; want one each", s.Writes(), len(kvs)-1)
 	}
-	if _, err := s.Get(context.Background(), datastore.WorkloadKey("node-00007", "node-00007-c3.eth0")); err != nil {
-		t.Errorf("workload of node 7 missing: %v", err)
+	if _, err := s.Get(ctx, datastore.KindNode, "local"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("skipped object written: %v", err)
 	}
-	// Batches stay below etcd's 128 operations per transaction.
-	if s.Txns() != (len(kvs)-1+writeBatch-1)/writeBatch {
-		t.Errorf("%d transactions for %d keys; want batches of %d", s.Txns(), len(kvs)-1, writeBatch)
+	w, err := datastore.GetObject[api.WorkloadEndpoint](ctx, s, datastore.KindWorkload, "node-00007-c3.eth0")
+	if err != nil || w.Value.Spec.Node != "node-00007" || w.Labels[datastore.LabelNode] != "node-00007" {
+		t.Errorf("workload of node 7: %+v, %v", w, err)
+	}
+	// Node 7's endpoints are found by label, as its agent lists them.
+	mine, _, err := s.List(ctx, datastore.KindWorkload, datastore.ListOptions{Labels: map[string]string{datastore.LabelNode: "node-00007"}})
+	if err != nil || len(mine) != 4 {
+		t.Errorf("node 7's endpoints by label: %d, %v; want 4", len(mine), err)
+	}
+	b, err := datastore.GetObject[api.Block](ctx, s, datastore.KindBlock, datastore.BlockName(ScaleBlock(7).String()))
+	if err != nil || b.Value.Affinity != "node-00007" || b.Labels[datastore.LabelNode] != "node-00007" {
+		t.Errorf("block of node 7: %+v, %v", b, err)
+	}
+}
+
+// TestClusterWriteStopsOnFailure: a failing store ends Write with the
+// failure, without writing the rest.
+func TestClusterWriteStopsOnFailure(t *testing.T) {
+	c := ScaleCluster("local", 200, 10)
+	s := datastore.NewFake()
+	s.Fail(1, datastore.ErrUnavailable)
+	err := c.Write(context.Background(), s, nil)
+	if !errors.Is(err, datastore.ErrUnavailable) {
+		t.Fatalf("Write = %v; want ErrUnavailable", err)
+	}
+	kvs, _ := c.KVs("")
+	if s.Writes() >= len(kvs)-1 {
+		t.Errorf("%d of %d objects written after a failure", s.Writes(), len(kvs))
 	}
 }
 

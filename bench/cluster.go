@@ -30,11 +30,10 @@ type Cluster struct {
 	Pool  api.IPPool
 	// Nodes holds the local node first, then the peers.
 	Nodes []api.Node
-	// Blocks holds one block per node, in Nodes' order, with its
-	// allocations: the tunnel address and one per workload.
-	Blocks     []api.Block
-	Affinities []api.BlockAffinity
-	Handles    []api.Handle
+	// Blocks holds one block per node, in Nodes' order, affine to it,
+	// with its allocations: the tunnel address and one per workload.
+	Blocks  []api.Block
+	Handles []api.Handle
 	// Workloads are the peers' pods (the local node has none).
 	Workloads []api.WorkloadEndpoint
 }
@@ -96,8 +95,6 @@ func ScaleCluster(local string, peers, podsPerPeer int) *Cluster {
 					MAC:       fmt.Sprintf("0a:58:%02x:%02x:%02x:%02x", byte(i>>16), byte(i>>8), byte(i), byte(j))}})
 		}
 		c.Blocks = append(c.Blocks, b)
-		c.Affinities = append(c.Affinities, api.BlockAffinity{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindBlockAffinity},
-			Node: name, CIDR: block.String()})
 	}
 	add(local, ScaleLocalAddress, 0, 0)
 	for i := 1; i <= peers; i++ {
@@ -115,92 +112,92 @@ func (c *Cluster) Input(vx plan.VXLANConfig) plan.Input {
 	return plan.Input{LocalNode: c.Local, Nodes: c.Nodes, Pools: []api.IPPool{c.Pool}, Blocks: c.Blocks, VXLAN: vx}
 }
 
-// KVs returns every object of the cluster at its datastore key, encoded,
-// with revision rev: the pool, nodes, blocks, affinities, handles and
-// workload endpoints.
-func (c *Cluster) KVs(rev int64) ([]datastore.KV, error) {
+// KVs returns every object of the cluster, encoded and named as stored,
+// each with revision rev: the pool, nodes, blocks (labelled with their
+// node), handles and workload endpoints (named by handle, labelled with
+// their node).
+func (c *Cluster) KVs(rev string) ([]datastore.KV, error) {
 	var kvs []datastore.KV
 	var errs []error
-	put := func(key string, v any) {
-		b, err := datastore.Encode(v)
+	put := func(kind datastore.Kind, name, node string, v any) {
+		kv, err := datastore.NewKV(kind, name, v)
 		if err != nil {
 			errs = append(errs, err)
 			return
 		}
-		kvs = append(kvs, datastore.KV{Key: key, Value: b, Revision: rev})
+		if node != "" {
+			kv.Labels = map[string]string{datastore.LabelNode: node}
+		}
+		kv.Revision = rev
+		kvs = append(kvs, kv)
 	}
-	put(datastore.PoolKey(c.Pool.Metadata.Name), c.Pool)
+	put(datastore.KindIPPool, c.Pool.Metadata.Name, "", c.Pool)
 	for _, n := range c.Nodes {
-		put(datastore.NodeKey(n.Metadata.Name), n)
+		put(datastore.KindNode, n.Metadata.Name, "", n)
 	}
 	for _, b := range c.Blocks {
-		put(datastore.BlockKey(b.CIDR), b)
-	}
-	for _, a := range c.Affinities {
-		put(datastore.AffinityKey(a.Node, a.CIDR), a)
+		put(datastore.KindBlock, datastore.BlockName(b.CIDR), b.Affinity, b)
 	}
 	for _, h := range c.Handles {
-		put(datastore.HandleKey(h.ID), h)
+		put(datastore.KindHandle, h.ID, "", h)
 	}
 	for _, w := range c.Workloads {
-		put(datastore.WorkloadKey(w.Spec.Node, w.Spec.Handle), w)
+		put(datastore.KindWorkload, w.Spec.Handle, w.Spec.Node, w)
 	}
 	return kvs, errors.Join(errs...)
 }
 
-// writeBatch is the number of puts per transaction, below etcd's default
-// limit of 128 operations.
-const writeBatch = 100
+// writeWorkers bounds the creates Write has in flight.
+const writeWorkers = 16
 
-// Write puts the cluster's objects into store (those for which skip
-// reports false), writeBatch per transaction, from a few writers at once.
-func (c *Cluster) Write(ctx context.Context, store datastore.Store, skip func(key string) bool) error {
-	kvs, err := c.KVs(0)
+// Write creates the cluster's objects in store, one object per write,
+// writeWorkers at a time; skip, when not nil, leaves out the objects it
+// reports true for (those the store already holds). It stops at the first
+// failure and returns every failure seen.
+func (c *Cluster) Write(ctx context.Context, store datastore.Store, skip func(kind datastore.Kind, name string) bool) error {
+	kvs, err := c.KVs("")
 	if err != nil {
 		return err
 	}
-	var ops [][]datastore.Op
-	var cur []datastore.Op
-	for _, kv := range kvs {
-		if skip != nil && skip(kv.Key) {
-			continue
-		}
-		cur = append(cur, datastore.Put(kv.Key, kv.Value, datastore.AnyRevision))
-		if len(cur) == writeBatch {
-			ops, cur = append(ops, cur), nil
-		}
-	}
-	if len(cur) > 0 {
-		ops = append(ops, cur)
-	}
-	work := make(chan []datastore.Op)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	work := make(chan datastore.KV)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
-	for range 4 {
+	for range writeWorkers {
 		wg.Go(func() {
-			for batch := range work {
-				if _, err := store.Txn(ctx, batch...); err != nil {
+			for kv := range work {
+				if ctx.Err() != nil {
+					continue
+				}
+				if _, err := store.Create(ctx, kv); err != nil {
 					mu.Lock()
-					errs = append(errs, err)
+					errs = append(errs, fmt.Errorf("create %s %s: %w", kv.Kind, kv.Name, err))
 					mu.Unlock()
+					cancel()
 				}
 			}
 		})
 	}
-	for _, b := range ops {
+	written := 0
+	for _, kv := range kvs {
+		if skip != nil && skip(kv.Kind, kv.Name) {
+			continue
+		}
 		if ctx.Err() != nil {
 			break
 		}
-		work <- b
+		work <- kv
+		written++
 	}
 	close(work)
 	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		errs = append(errs, err)
-	}
 	if len(errs) > 0 {
-		return fmt.Errorf("write the scale cluster (%d objects): %w", len(kvs), errors.Join(errs...))
+		return fmt.Errorf("write the scale cluster (%d objects): %w", written, errors.Join(errs...))
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("write the scale cluster: %w", err)
 	}
 	return nil
 }

@@ -61,7 +61,7 @@ func awaitAll(ctx context.Context, ws []*Watcher, want []Key, timeout time.Durat
 }
 
 // ConvergenceSamples registers the peers one at a time, each as a Node
-// write followed by its block pinned through IPAM (two transactions), and
+// create followed by its block pinned through IPAM (two writes), and
 // returns for each the time from just before the Node write until the
 // route to its block was seen in every namespace of nsPaths. After each
 // sample (untimed) the peer is removed again (Node deleted, block unpinned
@@ -84,7 +84,7 @@ func ConvergenceSamples(ctx context.Context, store datastore.Store, nsPaths []st
 	m := ipam.New(store)
 	samples := make([]time.Duration, 0, len(peers))
 	for i, p := range peers {
-		nb, err := datastore.Encode(p.Node())
+		nkv, err := datastore.NewKV(datastore.KindNode, p.Name, p.Node())
 		if err != nil {
 			return nil, err
 		}
@@ -92,7 +92,7 @@ func ConvergenceSamples(ctx context.Context, store datastore.Store, nsPaths []st
 			w.Settle(settleQuiet, settleMax)
 		}
 		t0 := time.Now()
-		if _, err := store.Txn(ctx, datastore.Put(datastore.NodeKey(p.Name), nb, datastore.MustNotExist)); err != nil {
+		if _, err := store.Create(ctx, nkv); err != nil {
 			return nil, fmt.Errorf("register peer %s: %w", p.Name, err)
 		}
 		if err := m.PinBlock(ctx, p.Block, p.Name); err != nil {
@@ -117,7 +117,7 @@ func ConvergenceSamples(ctx context.Context, store datastore.Store, nsPaths []st
 
 // removePeer deletes the peer's Node and releases its block.
 func removePeer(ctx context.Context, store datastore.Store, m *ipam.IPAM, p Peer) error {
-	if _, err := store.Txn(ctx, datastore.Delete(datastore.NodeKey(p.Name), datastore.AnyRevision)); err != nil {
+	if err := store.Delete(ctx, datastore.KindNode, p.Name, ""); err != nil {
 		return fmt.Errorf("remove peer %s: %w", p.Name, err)
 	}
 	if err := m.UnpinBlock(ctx, p.Block); err != nil && !errors.Is(err, datastore.ErrNotFound) {
@@ -129,43 +129,48 @@ func removePeer(ctx context.Context, store datastore.Store, m *ipam.IPAM, p Peer
 	return nil
 }
 
-// putWatchPrefix is where PutWatchSamples writes, outside datastore.Prefix.
-const putWatchPrefix = "/twill-bench/putwatch/"
+// PutWatchKind is the kind PutWatchSamples writes: none of Twill's, so
+// that no agent watches it. The store must accept any kind (etcd does: the
+// objects live under /twill/v1/twill-bench-putwatch/).
+const PutWatchKind datastore.Kind = "twill-bench-putwatch"
 
-// PutWatchSamples is the convergence baseline: it writes warmup+n keys,
-// one transaction each, and returns for the last n the time from just
-// before the write until a watch on the same store delivered it. The keys
-// are deleted afterwards.
+// PutWatchSamples is the convergence baseline: it creates warmup+n
+// objects of PutWatchKind, one write each, and returns for the last n the
+// time from just before the write until a watch of the kind on the same
+// store delivered it. The objects are deleted afterwards.
 func PutWatchSamples(ctx context.Context, store datastore.Store, n, warmup int) ([]time.Duration, error) {
 	var id [6]byte
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, fmt.Errorf("random run id: %w", err)
 	}
-	prefix := putWatchPrefix + hex.EncodeToString(id[:]) + "/"
-	_, rev, err := store.List(ctx, prefix)
+	run := hex.EncodeToString(id[:])
+	_, rev, err := store.List(ctx, PutWatchKind, datastore.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("put→watch baseline: %w", err)
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ch := store.Watch(wctx, prefix, rev)
+	ch := store.Watch(wctx, PutWatchKind, rev)
 	value := []byte(`{"apiVersion":"twill.dev/v1","kind":"Bench"}`)
-	var ops []datastore.Op
+	var written []string
 	defer func() {
-		for len(ops) > 0 {
-			k := min(len(ops), 100)
-			_, _ = store.Txn(context.WithoutCancel(ctx), ops[:k]...)
-			ops = ops[k:]
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		for _, name := range written {
+			if cctx.Err() != nil {
+				return
+			}
+			_ = store.Delete(cctx, PutWatchKind, name, "")
 		}
 	}()
 	samples := make([]time.Duration, 0, n)
 	for i := range warmup + n {
-		key := fmt.Sprintf("%s%06d", prefix, i)
+		name := fmt.Sprintf("%s-%06d", run, i)
 		t0 := time.Now()
-		if _, err := store.Txn(ctx, datastore.Put(key, value, datastore.MustNotExist)); err != nil {
-			return nil, fmt.Errorf("put→watch baseline: write %s: %w", key, err)
+		if _, err := store.Create(ctx, datastore.KV{Kind: PutWatchKind, Name: name, Value: value}); err != nil {
+			return nil, fmt.Errorf("put→watch baseline: create %s: %w", name, err)
 		}
-		ops = append(ops, datastore.Delete(key, datastore.AnyRevision))
+		written = append(written, name)
 		seen := false
 		timeout := time.After(convergeTimeout)
 		for !seen {
@@ -175,10 +180,10 @@ func PutWatchSamples(ctx context.Context, store datastore.Store, n, warmup int) 
 					return nil, fmt.Errorf("put→watch baseline: the watch ended: %v", resp.Err)
 				}
 				for _, ev := range resp.Events {
-					seen = seen || ev.KV.Key == key
+					seen = seen || (ev.Type == datastore.EventPut && ev.KV.Name == name)
 				}
 			case <-timeout:
-				return nil, fmt.Errorf("put→watch baseline: %s not delivered within %s", key, convergeTimeout)
+				return nil, fmt.Errorf("put→watch baseline: %s not delivered within %s", name, convergeTimeout)
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}

@@ -19,6 +19,7 @@ import (
 	"twill.dev/twill/api"
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/datastore/etcd"
+	"twill.dev/twill/datastore/open"
 	"twill.dev/twill/ipam"
 	"twill.dev/twill/lab"
 )
@@ -275,11 +276,22 @@ func (r *runner) upMain(ctx context.Context) error {
 	if len(r.layout.Nodes()) < 2 || len(r.layout.Subnets) < 2 {
 		return errors.New("the bench needs a topology with at least two nodes in two subnets")
 	}
-	r.store, err = etcd.New(ctx, etcd.Config{Endpoints: []string{r.state.Etcd}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		return fmt.Errorf("connect to the lab's etcd at %s: %w", r.state.Etcd, err)
+	r.store, err = openLabStore(ctx, r.state)
+	return err
+}
+
+// openLabStore opens the datastore of the lab recorded in st.
+func openLabStore(ctx context.Context, st *lab.State) (datastore.Store, error) {
+	cfg, ok := st.StoreConfig()
+	if !ok {
+		return nil, fmt.Errorf("the lab (prefix %s) records no datastore", st.Prefix)
 	}
-	return nil
+	cfg.Etcd.DialTimeout, cfg.KubeTimeout = 5*time.Second, 5*time.Second
+	s, err := open.Open(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the lab's datastore, %s: %w", cfg.Describe(), err)
+	}
+	return s, nil
 }
 
 func (r *runner) downMain(ctx context.Context) error {
@@ -310,7 +322,7 @@ func (r *runner) nodes(ctx context.Context) (local, direct, vxlan lab.Member, ob
 	if direct.Name == "" || vxlan.Name == "" {
 		return local, direct, vxlan, nil, fmt.Errorf("the bench needs a node sharing %s's subnet and one in another subnet", local.Name)
 	}
-	list, _, err := datastore.ListObjects[api.Node](ctx, r.store, datastore.NodesPrefix)
+	list, _, err := datastore.ListObjects[api.Node](ctx, r.store, datastore.KindNode, datastore.ListOptions{})
 	if err != nil {
 		return local, direct, vxlan, nil, fmt.Errorf("read the lab's nodes: %w", err)
 	}
@@ -407,7 +419,7 @@ func (r *runner) convergencePeers(ctx context.Context, n int) ([]Peer, error) {
 		used[s.Router] = true
 	}
 	taken := map[netip.Prefix]bool{}
-	blocks, _, err := datastore.ListObjects[api.Block](ctx, r.store, datastore.BlocksPrefix)
+	blocks, _, err := datastore.ListObjects[api.Block](ctx, r.store, datastore.KindBlock, datastore.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("read the lab's blocks: %w", err)
 	}
@@ -484,7 +496,7 @@ func (r *runner) convergence(ctx context.Context) []Row {
 		return []Row{errorRow(FigConvergence, cas, "ms", err, goal)}
 	}
 	row := latencyRow(FigConvergence, cas, samples, base, "(etcd put→watch event)", goal)
-	row.Note = "Node write + block pin (2 transactions) until the block's route is in every node's kernel; the peers alternate between the subnets (direct and VXLAN routes)"
+	row.Note = "Node create + block pin (2 writes) until the block's route is in every node's kernel; the peers alternate between the subnets (direct and VXLAN routes)"
 	return []Row{row}
 }
 

@@ -16,7 +16,6 @@ import (
 
 	"twill.dev/twill/dataplane"
 	"twill.dev/twill/datastore"
-	"twill.dev/twill/datastore/etcd"
 	"twill.dev/twill/lab"
 	"twill.dev/twill/plan"
 )
@@ -227,7 +226,7 @@ func (r *runner) scaleRSS(ctx context.Context) Row {
 	if pid == 0 {
 		return fail(errors.New("the scale lab has no agent process"))
 	}
-	store, err := etcd.New(ctx, etcd.Config{Endpoints: []string{st.Etcd}, DialTimeout: 5 * time.Second})
+	store, err := openLabStore(ctx, st)
 	if err != nil {
 		return fail(err)
 	}
@@ -240,13 +239,17 @@ func (r *runner) scaleRSS(ctx context.Context) Row {
 		return fail(err)
 	}
 	c := ScaleCluster(scaleLocal, peers, perPeer)
-	r.progress("scale: writing %d nodes, %d blocks and %d pods (endpoints, handles, allocations) to the lab's etcd", peers, peers, peers*perPeer)
+	r.progress("scale: writing %d nodes, %d blocks and %d pods (endpoints, handles, allocations) to the lab's %s, %d creates at a time", peers, peers, peers*perPeer, st.DatastoreType(), writeWorkers)
 	start := time.Now()
 	// The lab wrote the pool, the local node registered itself and its
 	// block is pinned.
-	local := map[string]bool{datastore.PoolKey(c.Pool.Metadata.Name): true, datastore.NodeKey(scaleLocal): true,
-		datastore.BlockKey(ScaleBlock(0).String()): true, datastore.AffinityKey(scaleLocal, ScaleBlock(0).String()): true}
-	if err := c.Write(ctx, store, func(k string) bool { return local[k] }); err != nil {
+	type object struct {
+		kind datastore.Kind
+		name string
+	}
+	local := map[object]bool{{datastore.KindIPPool, c.Pool.Metadata.Name}: true, {datastore.KindNode, scaleLocal}: true,
+		{datastore.KindBlock, datastore.BlockName(ScaleBlock(0).String())}: true}
+	if err := c.Write(ctx, store, func(kind datastore.Kind, name string) bool { return local[object{kind, name}] }); err != nil {
 		return fail(err)
 	}
 	written := time.Since(start)

@@ -12,11 +12,11 @@ import (
 
 func init() {
 	commandAdders = append(commandAdders, func(root *cobra.Command, g *globals) {
-		root.AddCommand(newBenchCmd())
+		root.AddCommand(newBenchCmd(g))
 	})
 }
 
-func newBenchCmd() *cobra.Command {
+func newBenchCmd(g *globals) *cobra.Command {
 	var opts bench.Options
 	var output string
 	cmd := &cobra.Command{
@@ -35,6 +35,10 @@ Ctrl-C tears down everything built so far. See docs/benchmarks.md for the
 method and the baselines.`,
 		Args: usage(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The bench's labs run their own etcd (see labDatastore).
+			if err := labDatastore(g); err != nil {
+				return err
+			}
 			if output != "table" && output != "json" {
 				return usageErr(fmt.Errorf("-o %q: use table or json", output))
 			}

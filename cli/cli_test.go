@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -46,10 +47,22 @@ type result struct {
 // twill runs the real binary against endpoint with stdin.
 func twill(t *testing.T, endpoint, stdin string, args ...string) result {
 	t.Helper()
+	return twillEnv(t, []string{"TWILL_ETCD_ENDPOINTS=" + endpoint}, stdin, args...)
+}
+
+// twillEnv runs the real binary with stdin and env added to the test's
+// environment, from which the datastore settings are removed first.
+func twillEnv(t *testing.T, env []string, stdin string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, twillBin, args...)
-	cmd.Env = append(os.Environ(), "TWILL_ETCD_ENDPOINTS="+endpoint)
+	for _, e := range os.Environ() {
+		if k, _, _ := strings.Cut(e, "="); !slices.Contains(datastoreEnv, k) {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -62,6 +75,10 @@ func twill(t *testing.T, endpoint, stdin string, args ...string) result {
 	}
 	return result{out.String(), errb.String(), code}
 }
+
+// datastoreEnv are the variables that select and reach a datastore.
+var datastoreEnv = []string{"TWILL_DATASTORE_TYPE", "DATASTORE_TYPE", "KUBECONFIG", "KUBERNETES_SERVICE_HOST",
+	"TWILL_ETCD_ENDPOINTS", "TWILL_ETCD_CA", "TWILL_ETCD_CERT", "TWILL_ETCD_KEY"}
 
 func mustSucceed(t *testing.T, r result) result {
 	t.Helper()
@@ -83,17 +100,19 @@ func mustFail(t *testing.T, r result, wantInErr ...string) {
 	}
 }
 
-// snapshot returns every key and value under the Twill prefix.
+// snapshot returns every object of every kind, with its revision.
 func snapshot(t *testing.T, endpoint string) map[string]string {
 	t.Helper()
 	s := etcdtest.Connect(t, endpoint, etcd.Config{})
-	kvs, _, err := s.List(context.Background(), datastore.Prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
 	m := map[string]string{}
-	for _, kv := range kvs {
-		m[kv.Key] = string(kv.Value)
+	for _, kind := range datastore.Kinds {
+		kvs, _, err := s.List(context.Background(), kind, datastore.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range kvs {
+			m[string(kind)+"/"+kv.Name] = kv.Revision + " " + string(kv.Value)
+		}
 	}
 	return m
 }
@@ -314,6 +333,107 @@ func TestUnreachableDatastore(t *testing.T) {
 	if d := time.Since(start); d > 30*time.Second {
 		t.Fatalf("unreachable datastore took %v to report", d)
 	}
+}
+
+// TestApplyResourceVersion: a document with metadata.resourceVersion is a
+// compare-and-swap against it; a stale one changes nothing.
+func TestApplyResourceVersion(t *testing.T) {
+	ep := etcdtest.Start(t)
+	mustSucceed(t, twill(t, ep, seedPool, "apply", "-f", "-"))
+	got := mustSucceed(t, twill(t, ep, "", "get", "ippool", "default-ipv4-ippool", "-o", "yaml")).stdout
+	if !strings.Contains(got, "resourceVersion:") {
+		t.Fatalf("get -o yaml has no resourceVersion:\n%s", got)
+	}
+	edited := strings.Replace(got, "natOutgoing: true", "natOutgoing: false", 1)
+	if edited == got {
+		t.Fatalf("get -o yaml has no natOutgoing: true:\n%s", got)
+	}
+	r := mustSucceed(t, twill(t, ep, edited, "apply", "-f", "-"))
+	if strings.TrimSpace(r.stdout) != "ippool.twill.dev/default-ipv4-ippool configured" {
+		t.Fatalf("apply with the current resourceVersion: %q", r.stdout)
+	}
+	// The same document again: its resourceVersion is stale now.
+	before := snapshot(t, ep)
+	mustFail(t, twill(t, ep, strings.Replace(got, "natOutgoing: true", "natOutgoing: true\n  disabled: true", 1), "apply", "-f", "-"), "resourceVersion", "stale")
+	sameSnapshot(t, before, snapshot(t, ep))
+	r = mustSucceed(t, twill(t, ep, "", "get", "ippool", "default-ipv4-ippool", "-o", "json"))
+	if strings.Contains(r.stdout, `"natOutgoing": true`) {
+		t.Errorf("natOutgoing is not false after the apply:\n%s", r.stdout)
+	}
+	// A resourceVersion for an object that does not exist is refused.
+	gone := strings.Replace(got, "default-ipv4-ippool", "gone", 1)
+	gone = strings.Replace(gone, "172.16.0.0/16", "10.20.0.0/16", 1)
+	mustFail(t, twill(t, ep, gone, "apply", "-f", "-"), "document 1", "does not exist")
+	sameSnapshot(t, before, snapshot(t, ep))
+}
+
+// TestApplySeveralKinds: pools and nodes in one file are each created,
+// and reported in document order.
+func TestApplySeveralKinds(t *testing.T) {
+	ep := etcdtest.Start(t)
+	node := `apiVersion: twill.dev/v1
+kind: Node
+metadata:
+  name: k8s-node1
+spec:
+  address: 192.168.32.105/24
+`
+	other := strings.NewReplacer("default-ipv4-ippool", "second", "172.16.0.0/16", "10.8.0.0/16").Replace(seedPool)
+	r := mustSucceed(t, twill(t, ep, seedPool+"---\n"+node+"---\n"+other, "apply", "-f", "-"))
+	want := "ippool.twill.dev/default-ipv4-ippool created\nnode.twill.dev/k8s-node1 created\nippool.twill.dev/second created"
+	if strings.TrimSpace(r.stdout) != want {
+		t.Fatalf("apply output %q; want %q", r.stdout, want)
+	}
+	r = mustSucceed(t, twill(t, ep, seedPool+"---\n"+node, "apply", "-f", "-"))
+	if strings.TrimSpace(r.stdout) != "ippool.twill.dev/default-ipv4-ippool unchanged\nnode.twill.dev/k8s-node1 unchanged" {
+		t.Fatalf("re-apply output %q", r.stdout)
+	}
+	s := etcdtest.Connect(t, ep, etcd.Config{})
+	if _, err := s.Get(context.Background(), datastore.KindNode, "k8s-node1"); err != nil {
+		t.Errorf("node not stored: %v", err)
+	}
+}
+
+// TestDatastoreSelection: --datastore and its environment variables pick
+// the datastore; bad or ambiguous choices are usage errors.
+func TestDatastoreSelection(t *testing.T) {
+	ep := etcdtest.Start(t)
+	mustSucceed(t, twill(t, ep, seedPool, "apply", "-f", "-"))
+	// Explicit etcd, by flag and by each variable (Calico's etcdv3 too).
+	for _, env := range [][]string{{"TWILL_DATASTORE_TYPE=etcd"}, {"DATASTORE_TYPE=etcdv3"}, {"KUBERNETES_SERVICE_HOST=10.96.0.1"}, nil} {
+		args := []string{"get", "ippools", "--etcd-endpoints", ep}
+		if env == nil {
+			args = append(args, "--datastore", "etcd")
+		}
+		r := mustSucceed(t, twillEnv(t, env, "", args...))
+		if !strings.Contains(r.stdout, "default-ipv4-ippool") {
+			t.Errorf("env %v: get ippools:\n%s", env, r.stdout)
+		}
+	}
+	for _, tc := range []struct {
+		env  []string
+		args []string
+		want []string
+	}{
+		{nil, []string{"get", "ippools", "--datastore", "consul"}, []string{"consul", "etcd or kubernetes"}},
+		{[]string{"TWILL_DATASTORE_TYPE=consul"}, []string{"get", "ippools"}, []string{"consul", "etcd or kubernetes"}},
+		{nil, []string{"get", "ippools", "--etcd-endpoints", ep, "--kubeconfig", "/nonexistent"}, []string{"--datastore"}},
+		{nil, []string{"lab", "up", "--datastore", "kubernetes"}, []string{"etcd", "kubernetes"}},
+		{[]string{"TWILL_DATASTORE_TYPE=kubernetes"}, []string{"bench", "--only", "ipam"}, []string{"etcd", "kubernetes"}},
+	} {
+		r := twillEnv(t, tc.env, "", tc.args...)
+		if r.code != 2 {
+			t.Errorf("env %v twill %v: exit %d, want 2 (stderr %q)", tc.env, tc.args, r.code, r.stderr)
+		}
+		mustFail(t, r, tc.want...)
+	}
+	// The kubernetes datastore is tried, and its kubeconfig named, even
+	// with etcd endpoints in the environment.
+	kc := filepath.Join(t.TempDir(), "no-kubeconfig")
+	r := twillEnv(t, []string{"TWILL_ETCD_ENDPOINTS=" + ep}, "", "get", "ippools", "--datastore", "kubernetes", "--kubeconfig", kc)
+	mustFail(t, r, kc)
+	r = twillEnv(t, []string{"TWILL_DATASTORE_TYPE=kubernetes", "KUBECONFIG=" + kc}, "", "get", "ippools")
+	mustFail(t, r, kc)
 }
 
 func TestUsageErrorsExit2(t *testing.T) {

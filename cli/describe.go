@@ -46,7 +46,7 @@ func newDescribeCmd(g *globals) *cobra.Command {
 }
 
 func describePool(ctx context.Context, s datastore.Store, w io.Writer, name string) error {
-	o, err := datastore.GetObject[api.IPPool](ctx, s, datastore.PoolKey(name))
+	o, err := datastore.GetObject[api.IPPool](ctx, s, datastore.KindIPPool, name)
 	if errors.Is(err, datastore.ErrNotFound) {
 		return fmt.Errorf("IPPool %q not found", name)
 	}
@@ -60,7 +60,7 @@ func describePool(ctx context.Context, s datastore.Store, w io.Writer, name stri
 	fmt.Fprintf(tw, "API Version:\t%s\n", api.Version)
 	fmt.Fprintf(tw, "Kind:\t%s\n", api.KindIPPool)
 	fmt.Fprintf(tw, "Metadata:\t\n")
-	fmt.Fprintf(tw, "  Resource Version:\t%d\n", o.Revision)
+	fmt.Fprintf(tw, "  Resource Version:\t%s\n", o.Revision)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -136,7 +136,7 @@ func newDeleteCmd(g *globals) *cobra.Command {
 // deletePool removes a pool with a CAS on its revision, after checking that
 // none of its addresses is allocated.
 func deletePool(ctx context.Context, s datastore.Store, name string) error {
-	o, err := datastore.GetObject[api.IPPool](ctx, s, datastore.PoolKey(name))
+	o, err := datastore.GetObject[api.IPPool](ctx, s, datastore.KindIPPool, name)
 	if errors.Is(err, datastore.ErrNotFound) {
 		return fmt.Errorf("IPPool %q not found", name)
 	}
@@ -163,8 +163,8 @@ func deletePool(ctx context.Context, s datastore.Store, name string) error {
 		}
 		return errors.New(b.String())
 	}
-	if _, err := s.Txn(ctx, datastore.Delete(datastore.PoolKey(name), o.Revision)); err != nil {
-		if errors.Is(err, datastore.ErrConflict) {
+	if err := s.Delete(ctx, datastore.KindIPPool, name, o.Revision); err != nil {
+		if errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrNotFound) {
 			return fmt.Errorf("IPPool %q changed while deleting it; try again: %w", name, err)
 		}
 		return err

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -77,7 +76,7 @@ func getResources(ctx context.Context, s datastore.Store, w io.Writer, res, name
 	single := name != ""
 	switch res {
 	case "ippools":
-		objs, err := listOrGet[api.IPPool](ctx, s, datastore.PoolsPrefix, datastore.PoolKey(name), name, "IPPool")
+		objs, err := listOrGet[api.IPPool](ctx, s, datastore.KindIPPool, name, name, "IPPool")
 		if err != nil {
 			return err
 		}
@@ -99,7 +98,7 @@ func getResources(ctx context.Context, s datastore.Store, w io.Writer, res, name
 			},
 		})
 	case "nodes":
-		objs, err := listOrGet[api.Node](ctx, s, datastore.NodesPrefix, datastore.NodeKey(name), name, "Node")
+		objs, err := listOrGet[api.Node](ctx, s, datastore.KindNode, name, name, "Node")
 		if err != nil {
 			return err
 		}
@@ -117,15 +116,15 @@ func getResources(ctx context.Context, s datastore.Store, w io.Writer, res, name
 			},
 		})
 	case "blocks":
-		key := ""
+		objName := ""
 		if name != "" {
 			pfx, err := netip.ParsePrefix(name)
 			if err != nil {
 				return usageErr(fmt.Errorf("block name %q: give the block's CIDR, e.g. 172.16.159.128/26", name))
 			}
-			key = datastore.BlockKey(pfx.String())
+			objName = datastore.BlockName(pfx.String())
 		}
-		objs, err := listOrGet[api.Block](ctx, s, datastore.BlocksPrefix, key, name, "block")
+		objs, err := listOrGet[api.Block](ctx, s, datastore.KindBlock, objName, name, "block")
 		if err != nil {
 			return err
 		}
@@ -158,7 +157,7 @@ func objectValues[T any](objs []datastore.Object[T], setRV func(*T, string)) []T
 	for i, o := range objs {
 		items[i] = o.Value
 		if setRV != nil {
-			setRV(&items[i], strconv.FormatInt(o.Revision, 10))
+			setRV(&items[i], o.Revision)
 		}
 	}
 	return items
@@ -190,14 +189,17 @@ func printResources[T any](w io.Writer, output string, items []T, single bool, t
 	return tw.Flush()
 }
 
-func listOrGet[T any](ctx context.Context, s datastore.Store, prefix, key, name, kind string) ([]datastore.Object[T], error) {
+// listOrGet lists every object of kind, or, when name (as the user gave
+// it) is set, gets the one stored as objName; what names the resource in
+// the not-found error.
+func listOrGet[T any](ctx context.Context, s datastore.Store, kind datastore.Kind, objName, name, what string) ([]datastore.Object[T], error) {
 	if name == "" {
-		objs, _, err := datastore.ListObjects[T](ctx, s, prefix)
+		objs, _, err := datastore.ListObjects[T](ctx, s, kind, datastore.ListOptions{})
 		return objs, err
 	}
-	o, err := datastore.GetObject[T](ctx, s, key)
+	o, err := datastore.GetObject[T](ctx, s, kind, objName)
 	if errors.Is(err, datastore.ErrNotFound) {
-		return nil, fmt.Errorf("%s %q not found", kind, name)
+		return nil, fmt.Errorf("%s %q not found", what, name)
 	}
 	if err != nil {
 		return nil, err

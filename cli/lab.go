@@ -9,12 +9,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"twill.dev/twill/datastore/open"
 	"twill.dev/twill/lab"
 )
 
 func init() {
 	commandAdders = append(commandAdders, func(root *cobra.Command, g *globals) {
-		root.AddCommand(newLabCmd())
+		root.AddCommand(newLabCmd(g))
 	})
 }
 
@@ -28,7 +29,7 @@ func (f *labFlags) options(out io.Writer) lab.Options {
 	return lab.Options{StateDir: f.stateDir, Prefix: f.prefix, Out: out}
 }
 
-func newLabCmd() *cobra.Command {
+func newLabCmd(g *globals) *cobra.Command {
 	f := &labFlags{}
 	cmd := &cobra.Command{
 		Use:   "lab",
@@ -47,11 +48,28 @@ Built-in topologies: ` + strings.Join(lab.Builtin(), ", ") + `.`,
 	pf.StringVar(&f.stateDir, "state-dir", lab.DefaultStateDir, "directory for the lab's state file, lock, logs and sockets")
 	pf.StringVar(&f.prefix, "prefix", lab.DefaultPrefix, `start of every namespace name ("tw" and up to 6 letters or digits)`)
 	_ = pf.MarkHidden("prefix")
-	cmd.AddCommand(newLabUpCmd(f), newLabDownCmd(f), newLabStatusCmd(f), newLabExecCmd(f), newLabReportCmd(f), newLabValidateCmd())
+	cmd.AddCommand(newLabUpCmd(f, g), newLabDownCmd(f), newLabStatusCmd(f), newLabExecCmd(f), newLabReportCmd(f), newLabValidateCmd())
 	return cmd
 }
 
-func newLabUpCmd(f *labFlags) *cobra.Command {
+// labDatastore checks the datastore selection for `lab up` and `bench`:
+// their labs run their own etcd, so an explicit choice of any other
+// datastore is refused.
+func labDatastore(g *globals) error {
+	if !g.given.typ {
+		return nil
+	}
+	typ, err := open.ParseType(g.datastore)
+	if err != nil {
+		return usageErr(fmt.Errorf("--datastore: %w", err))
+	}
+	if typ != open.TypeEtcd {
+		return usageErr(fmt.Errorf("the lab runs its own etcd; --datastore %s is not supported by `twill lab up` and `twill bench` yet", typ))
+	}
+	return nil
+}
+
+func newLabUpCmd(f *labFlags, g *globals) *cobra.Command {
 	var topo, until string
 	var timeout time.Duration
 	var report bool
@@ -66,6 +84,9 @@ Ctrl-C, everything built so far is removed again. With --report (the default)
 the lab report follows once agents run.`,
 		Args: usage(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := labDatastore(g); err != nil {
+				return err
+			}
 			stage, err := lab.ParseStage(until)
 			if err != nil {
 				return usageErr(err)

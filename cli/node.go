@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,10 +11,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
 
 	"twill.dev/twill/agent"
 	"twill.dev/twill/agentapi"
 	"twill.dev/twill/datastore"
+	"twill.dev/twill/datastore/open"
+	"twill.dev/twill/kube"
 	"twill.dev/twill/plan"
 )
 
@@ -89,7 +93,7 @@ func newNodeRunCmd(g *globals) *cobra.Command {
 	// The soft memory limit is the agent's (docs/benchmarks.md, scale);
 	// GOMEMLIMIT overrides it.
 	cfg := agent.Config{MemoryLimit: agent.DefaultMemoryLimit}
-	var logLevel string
+	var logLevel, gcNamespace string
 	run := &cobra.Command{
 		Use:   "run [--name NAME] [--ip ADDR[/LEN] | --ip-autodetection-method METHOD] [--netns PATH] [--socket PATH]",
 		Short: "Register this node and keep its routes, VXLAN device, neighbours and FDB in line with the datastore",
@@ -114,10 +118,16 @@ interface that holds it), else detected by --ip-autodetection-method:
   can-reach=IP            the address the kernel would send from to reach IP
 With --netns every lookup and change happens in that network namespace.
 
+The datastore is etcd or the Kubernetes API server (--datastore, default
+kubernetes inside a pod). With kubernetes the CNI ADD also reads the pod (its
+UID and its address and pool annotations), and the one agent that holds a
+Lease in --gc-lease-namespace runs the cluster's IPAM garbage collector.
+
 Environment: NODENAME, IP, IP_AUTODETECTION_METHOD, TWILL_NETNS,
 TWILL_AGENT_SOCKET, TWILL_VXLAN_DEVICE, TWILL_VXLAN_VNI, TWILL_VXLAN_PORT,
 TWILL_VXLAN_MTU, TWILL_VTEP_MAC, TWILL_RESYNC_INTERVAL, TWILL_HEALTH_ADDR,
-TWILL_METRICS_ADDR, TWILL_LOG_LEVEL; flags win. The agent sets a soft Go
+TWILL_METRICS_ADDR, TWILL_LOG_LEVEL, TWILL_GC_LEASE_NAMESPACE (or
+POD_NAMESPACE), and the datastore's (see twill --help); flags win. The agent sets a soft Go
 memory limit of 36 MiB (enough for 5,000 nodes and 100,000 pods); set
 GOMEMLIMIT (e.g. 128MiB, or off) to change it for larger clusters.`,
 		Args: usage(cobra.NoArgs),
@@ -136,10 +146,15 @@ GOMEMLIMIT (e.g. 128MiB, or off) to change it for larger clusters.`,
 			if err := cfg.Check(); err != nil {
 				return usageErr(err)
 			}
-			// Wait for the datastore: an agent started before etcd keeps trying.
+			storeCfg, err := g.storeConfig()
+			if err != nil {
+				return err
+			}
+			// Wait for the datastore: an agent started before etcd (or the
+			// apiserver) keeps trying.
 			var s datastore.Store
 			for attempt := 1; ; attempt++ {
-				s, err = g.store(ctx)
+				s, err = open.Open(ctx, storeCfg)
 				if err == nil {
 					break
 				}
@@ -147,7 +162,7 @@ GOMEMLIMIT (e.g. 128MiB, or off) to change it for larger clusters.`,
 					return err
 				}
 				d := time.Duration(min(attempt, 5)) * time.Second
-				log.Warn("datastore unreachable; retrying", "err", err, "in", d)
+				log.Warn("datastore unreachable; retrying", "datastore", storeCfg.Describe(), "err", err, "in", d)
 				select {
 				case <-ctx.Done():
 					return nil
@@ -155,6 +170,12 @@ GOMEMLIMIT (e.g. 128MiB, or off) to change it for larger clusters.`,
 				}
 			}
 			defer s.Close()
+			if storeCfg.Type == open.TypeKubernetes {
+				if err := kubeHooks(&cfg, storeCfg, gcNamespace); err != nil {
+					return err
+				}
+			}
+			log.Info("datastore", "datastore", storeCfg.Describe())
 			return agent.Run(ctx, s, cfg)
 		},
 	}
@@ -174,6 +195,32 @@ GOMEMLIMIT (e.g. 128MiB, or off) to change it for larger clusters.`,
 	f.StringVar(&cfg.HealthAddr, "health-addr", envOr(agent.DefaultHealthAddr, "TWILL_HEALTH_ADDR"), "loopback HOST:PORT for /healthz and /readyz; \"\" disables (env TWILL_HEALTH_ADDR)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr("", "TWILL_METRICS_ADDR"), "HOST:PORT for Prometheus /metrics, e.g. 127.0.0.1:9091; \"\" disables (env TWILL_METRICS_ADDR)")
 	f.DurationVar(&cfg.GCGrace, "gc-grace", envDuration(agent.DefaultGCGrace, &envErrs, "TWILL_GC_GRACE"), "CNI GC spares addresses this agent handed out more recently than this (env TWILL_GC_GRACE)")
+	f.StringVar(&gcNamespace, "gc-lease-namespace", envOr(kube.DefaultNamespace, "TWILL_GC_LEASE_NAMESPACE", "POD_NAMESPACE"), "with --datastore kubernetes: namespace of the Lease that elects the one agent running the IPAM garbage collector (env TWILL_GC_LEASE_NAMESPACE, POD_NAMESPACE)")
 	f.StringVar(&logLevel, "log-level", envOr("info", "TWILL_LOG_LEVEL"), "debug, info, warn or error (env TWILL_LOG_LEVEL)")
 	return run
+}
+
+// kubeHooks wires the agent's Kubernetes side into cfg, for the kubernetes
+// datastore: the pod source (the CNI ADD reads the pod's UID and its
+// address and pool annotations) and, as a background task, the cluster's
+// IPAM garbage collector, which runs in the one agent holding the Lease in
+// namespace leaseNS.
+func kubeHooks(cfg *agent.Config, storeCfg open.Config, leaseNS string) error {
+	rc, err := open.RESTConfig(storeCfg)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	cfg.Pods = kube.NewPodSource(client)
+	cfg.Background = append(cfg.Background, func(ctx context.Context, a *agent.Agent) {
+		err := kube.RunGC(ctx, kube.GCConfig{Client: client, IPAM: a.IPAM(), Store: a.Store(), Identity: a.NodeName(),
+			Namespace: leaseNS, Logger: a.Logger()})
+		if err != nil && ctx.Err() == nil {
+			a.Logger().Error("the IPAM garbage collector stopped", "err", err)
+		}
+	})
+	return nil
 }

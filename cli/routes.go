@@ -62,19 +62,19 @@ func (f *planFlags) check() error {
 // loadCluster reads everything the planner and explain look at.
 func loadCluster(ctx context.Context, s datastore.Store, vx plan.VXLANConfig) (explain.Cluster, error) {
 	c := explain.Cluster{VXLAN: vx}
-	nodes, _, err := datastore.ListObjects[api.Node](ctx, s, datastore.NodesPrefix)
+	nodes, _, err := datastore.ListObjects[api.Node](ctx, s, datastore.KindNode, datastore.ListOptions{})
 	if err != nil {
 		return c, fmt.Errorf("list nodes: %w", err)
 	}
-	pools, _, err := datastore.ListObjects[api.IPPool](ctx, s, datastore.PoolsPrefix)
+	pools, _, err := datastore.ListObjects[api.IPPool](ctx, s, datastore.KindIPPool, datastore.ListOptions{})
 	if err != nil {
 		return c, fmt.Errorf("list IP pools: %w", err)
 	}
-	blocks, _, err := datastore.ListObjects[api.Block](ctx, s, datastore.BlocksPrefix)
+	blocks, _, err := datastore.ListObjects[api.Block](ctx, s, datastore.KindBlock, datastore.ListOptions{})
 	if err != nil {
 		return c, fmt.Errorf("list IPAM blocks: %w", err)
 	}
-	wls, _, err := datastore.ListObjects[api.WorkloadEndpoint](ctx, s, datastore.WorkloadsPrefix)
+	wls, _, err := datastore.ListObjects[api.WorkloadEndpoint](ctx, s, datastore.KindWorkload, datastore.ListOptions{})
 	if err != nil {
 		return c, fmt.Errorf("list workload endpoints: %w", err)
 	}

@@ -57,7 +57,7 @@ func writeSeed(t *testing.T, ep string, s *seedtest.Cluster, iface string, vethN
 			Spec: api.NodeSpec{Address: n.Address, Interface: iface, MTU: 1500,
 				VTEPMAC: s.Observed.VTEPs[n.Name].MAC, TunnelAddress: block.Addr().String()},
 		}
-		put(t, st, datastore.NodeKey(n.Name), node)
+		put(t, st, datastore.KindNode, n.Name, nil, node)
 		if err := m.PinBlock(ctx, block, n.Name); err != nil {
 			t.Fatal(err)
 		}
@@ -71,9 +71,9 @@ func writeSeed(t *testing.T, ep string, s *seedtest.Cluster, iface string, vethN
 			if _, err := m.Allocate(ctx, ipam.AllocateRequest{Handle: handle, Node: n.Name, IP: netip.MustParseAddr(ip), Attrs: attrs}); err != nil {
 				t.Fatal(err)
 			}
-			put(t, st, datastore.WorkloadKey(n.Name, handle), api.WorkloadEndpoint{
+			put(t, st, datastore.KindWorkload, handle, map[string]string{datastore.LabelNode: n.Name}, api.WorkloadEndpoint{
 				TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindWorkloadEndpoint},
-				Metadata: api.ObjectMeta{Name: pod},
+				Metadata: api.ObjectMeta{Name: handle, Labels: map[string]string{datastore.LabelNode: n.Name}},
 				Spec: api.WorkloadEndpointSpec{Node: n.Name, Namespace: "default", Pod: pod, ContainerID: "c-" + pod, IfName: "eth0",
 					Handle: handle, HostIface: vethName(n.Name, i), Addresses: []string{ip + "/32"}},
 			})
@@ -81,14 +81,16 @@ func writeSeed(t *testing.T, ep string, s *seedtest.Cluster, iface string, vethN
 	}
 }
 
-func put(t *testing.T, st datastore.Store, key string, v any) {
+// put writes v as kind/name with labels, whether or not it exists.
+func put(t *testing.T, st datastore.Store, kind datastore.Kind, name string, labels map[string]string, v any) {
 	t.Helper()
-	b, err := datastore.Encode(v)
+	kv, err := datastore.NewKV(kind, name, v)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Txn(context.Background(), datastore.Put(key, b, datastore.AnyRevision)); err != nil {
-		t.Fatalf("put %s: %v", key, err)
+	kv.Labels = labels
+	if _, err := datastore.Put(context.Background(), st, kv); err != nil {
+		t.Fatalf("put %s %s: %v", kind, name, err)
 	}
 }
 
@@ -161,7 +163,7 @@ func TestRoutesMatchSeed(t *testing.T) {
 	// A peer in another subnet without a VTEP: no route, and the planner
 	// says why after the routes.
 	st := etcdtest.Connect(t, ep, etcd.Config{})
-	put(t, st, datastore.NodeKey("k8s-node2"), api.Node{
+	put(t, st, datastore.KindNode, "k8s-node2", nil, api.Node{
 		TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindNode},
 		Metadata: api.ObjectMeta{Name: "k8s-node2"},
 		Spec:     api.NodeSpec{Address: "192.168.33.7/24", Interface: "eth0", TunnelAddress: "172.16.1.0"},

@@ -191,6 +191,7 @@ type K8sArgs struct {
 	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // CNI_ARGS key
 	K8S_POD_NAME               types.UnmarshallableString //nolint:revive // CNI_ARGS key
 	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive // CNI_ARGS key
+	K8S_POD_UID                types.UnmarshallableString //nolint:revive // CNI_ARGS key
 }
 
 // ParseArgs decodes CNI_ARGS ("K=V;K2=V2"), ignoring unknown keys. Its

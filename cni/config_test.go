@@ -117,7 +117,7 @@ func TestParseArgs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.K8S_POD_NAMESPACE != "default" || a.K8S_POD_NAME != "nginx" || a.K8S_POD_INFRA_CONTAINER_ID != "abc" || a.IP != "10.244.0.9" {
+	if a.K8S_POD_NAMESPACE != "default" || a.K8S_POD_NAME != "nginx" || a.K8S_POD_INFRA_CONTAINER_ID != "abc" || a.K8S_POD_UID != "u1" || a.IP != "10.244.0.9" {
 		t.Errorf("parsed %+v", a)
 	}
 	// Unknown keys are ignored even without IgnoreUnknown.

@@ -229,6 +229,7 @@ func (n *testNode) startAgent() {
 // testPod is a pod namespace and its runtime configuration.
 type testPod struct {
 	name   string // Kubernetes pod name
+	uid    string // Kubernetes pod UID
 	ns     *nettest.NS
 	nsName string
 	path   string
@@ -246,9 +247,10 @@ func (n *testNode) newPod(tb testing.TB) *testPod {
 	p.nsName, p.path = p.ns.Name, p.ns.Path
 	p.name = "pod-" + strings.TrimPrefix(p.nsName, "twcp-")
 	id := fmt.Sprintf("twtest%016x", rand.Uint64())
+	p.uid = fmt.Sprintf("%08x-0000-4000-8000-%012x", rand.Uint32(), rand.Uint64()&(1<<48-1))
 	p.rt = &libcni.RuntimeConf{
 		ContainerID: id, NetNS: p.path, IfName: "eth0",
-		Args: [][2]string{{"K8S_POD_NAMESPACE", podNSNS}, {"K8S_POD_NAME", p.name}, {"K8S_POD_INFRA_CONTAINER_ID", id}},
+		Args: [][2]string{{"K8S_POD_NAMESPACE", podNSNS}, {"K8S_POD_NAME", p.name}, {"K8S_POD_INFRA_CONTAINER_ID", id}, {"K8S_POD_UID", p.uid}},
 	}
 	p.handle = agentapi.HandleID(id, "eth0")
 	p.veth = HostVethName(podNSNS, p.name, id, "eth0")

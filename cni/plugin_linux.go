@@ -201,12 +201,12 @@ func cmdAdd(args *skel.CmdArgs) error {
 	defer cancel()
 	ep := agentapi.Endpoint{
 		ContainerID: args.ContainerID, IfName: args.IfName,
-		Namespace: string(inv.k8s.K8S_POD_NAMESPACE), Pod: string(inv.k8s.K8S_POD_NAME),
+		Namespace: string(inv.k8s.K8S_POD_NAMESPACE), Pod: string(inv.k8s.K8S_POD_NAME), PodUID: string(inv.k8s.K8S_POD_UID),
 		HostIface: inv.hostVeth, MAC: podMAC.String(), Netns: args.Netns,
 	}
 	req := agentapi.AllocateRequest{
 		Handle: inv.handle, ContainerID: args.ContainerID, IfName: args.IfName,
-		Namespace: ep.Namespace, Pod: ep.Pod, Record: &ep,
+		Namespace: ep.Namespace, Pod: ep.Pod, PodUID: ep.PodUID, Record: &ep,
 	}
 	if want.IsValid() {
 		req.IP = want.String()

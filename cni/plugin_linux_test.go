@@ -115,7 +115,7 @@ func TestAddCheckDel(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !st.Allocated || st.Endpoint == nil || st.Endpoint.HostIface != p.veth || st.Endpoint.MAC != pod.Mac ||
-		st.Endpoint.Namespace != podNSNS || st.Endpoint.Pod != p.name || st.Endpoint.Netns != p.path {
+		st.Endpoint.Namespace != podNSNS || st.Endpoint.Pod != p.name || st.Endpoint.PodUID != p.uid || st.Endpoint.Netns != p.path {
 		t.Errorf("agent's endpoint %+v (%+v)", st, st.Endpoint)
 	}
 

@@ -8,6 +8,8 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"sync"
+	"time"
 
 	"twill.dev/twill/api"
 	"twill.dev/twill/datastore"
@@ -69,8 +71,8 @@ func (r AllocateRequest) normalize() (AllocateRequest, error) {
 }
 
 // Allocate hands out req.Count addresses (or exactly req.IP) to req.Handle
-// for req.Node, in one transaction: all of them or none. The addresses come
-// back in the order they were chosen (the node's own blocks first).
+// for req.Node: all of them or none. The addresses come back in the order
+// they were chosen (the node's own blocks first).
 //
 // Without IP, the node's own blocks are filled first (in address order,
 // lowest free ordinal first), then a new block is claimed from an eligible
@@ -83,19 +85,22 @@ func (r AllocateRequest) normalize() (AllocateRequest, error) {
 // *OutsidePoolsError) and be free (else *InUseError). A block that does not
 // exist yet is created with affinity to the node.
 //
-// Concurrent calls for the same node are merged into one transaction
-// (group commit); each still gets all of its addresses or none.
+// The handle's count for each block is raised before the block is written.
+// A request that spans several blocks writes them one by one; when it fails
+// part-way, the addresses it took are freed again and its handle counts
+// lowered before the error is returned. Should that clean-up fail too (the
+// store is unreachable), the addresses stay with the handle, where
+// ReleaseHandle finds them.
+//
+// Concurrent calls for the same node are merged into one batch (group
+// commit); each still gets all of its addresses or none.
 func (m *IPAM) Allocate(ctx context.Context, req AllocateRequest) ([]netip.Addr, error) {
 	req, err := req.normalize()
 	if err != nil {
 		return nil, err
 	}
 	if !req.IP.IsValid() {
-		addrs, err := m.allocateQueued(ctx, req)
-		if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-			err = fmt.Errorf("ipam: allocate for node %s, handle %q: %w", req.Node, req.Handle, err)
-		}
-		return addrs, err
+		return m.allocateQueued(ctx, req)
 	}
 	q := m.queue(req.Node)
 	if err := q.lock(ctx); err != nil {
@@ -105,100 +110,327 @@ func (m *IPAM) Allocate(ctx context.Context, req AllocateRequest) ([]netip.Addr,
 	return m.allocateIP(ctx, req)
 }
 
+// reqState is one request's progress through an allocation: what it holds
+// so far and what it added to its handle.
+type reqState struct {
+	req AllocateRequest
+	// start is when the caller asked: exhaustion is reported only from
+	// reads made after it.
+	start time.Time
+	// got are the addresses written so far, in the order chosen; held the
+	// same as ordinals per block.
+	got  []netip.Addr
+	held map[netip.Prefix][]int
+	// raised is what this request added to its handle's counts, per block;
+	// raisedAt when it last wrote the handle.
+	raised   map[netip.Prefix]int
+	raisedAt time.Time
+	// guessNew is set until the first handle write: try a Create first.
+	guessNew bool
+	// maybe are ordinals of block writes that failed without telling
+	// whether they applied (the store became unreachable).
+	maybe map[netip.Prefix][]int
+}
+
+func newState(req AllocateRequest, start time.Time) *reqState {
+	return &reqState{
+		req:      req,
+		start:    start,
+		held:     map[netip.Prefix][]int{},
+		raised:   map[netip.Prefix]int{},
+		guessNew: true,
+		maybe:    map[netip.Prefix][]int{},
+	}
+}
+
+func (st *reqState) need() int { return st.req.Count - len(st.got) }
+
+// commit records ordinals ords of block p as taken.
+func (st *reqState) commit(p netip.Prefix, ords []int) {
+	st.held[p] = append(st.held[p], ords...)
+	for _, o := range ords {
+		st.got = append(st.got, ordinalAddr(p, o))
+	}
+}
+
 // claimMissLimit is how many claimed candidates may turn out to exist
 // already before the list of all blocks is read again.
 const claimMissLimit = 3
 
-func (m *IPAM) allocateOne(ctx context.Context, req AllocateRequest) ([]netip.Addr, error) {
-	out, err := m.allocateMany(ctx, []AllocateRequest{req})
-	if err != nil {
-		return nil, err
+func (m *IPAM) allocateOne(ctx context.Context, req AllocateRequest, start time.Time) ([]netip.Addr, error) {
+	st := newState(req, start)
+	return m.settle(ctx, st, m.allocateMany(ctx, []*reqState{st}))
+}
+
+// settle ends one request after allocateMany returned err: a request that
+// holds all its addresses succeeds (and drops any excess handle count);
+// any other is undone and fails with err.
+func (m *IPAM) settle(ctx context.Context, st *reqState, err error) ([]netip.Addr, error) {
+	cctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	if st.need() == 0 {
+		m.finish(cctx, st)
+		return st.got, nil
 	}
-	return out[0], nil
+	if uerr := m.undo(cctx, st); uerr != nil {
+		m.log.Warn("ipam: could not undo a failed allocation; its addresses stay with the handle until it is released",
+			"handle", st.req.Handle, "node", st.req.Node, "err", uerr)
+	}
+	if err == nil {
+		err = fmt.Errorf("ipam: allocate for node %s, handle %q: got %d of %d addresses: %w", st.req.Node, st.req.Handle, len(st.got), st.req.Count, ErrPoolExhausted)
+	}
+	return nil, err
+}
+
+// finish completes a successful request: it frees addresses of writes that
+// failed ambiguously but applied after all, then lowers the handle's counts
+// that no held address backs (blocks planned but not written). Failures
+// only leave an over-count, so they are logged.
+func (m *IPAM) finish(ctx context.Context, st *reqState) {
+	stray := map[netip.Prefix]int{}
+	for p, ords := range st.maybe {
+		ords = slices.DeleteFunc(slices.Clone(ords), func(o int) bool { return slices.Contains(st.held[p], o) })
+		if len(ords) == 0 {
+			continue
+		}
+		if _, err := m.releaseOrdinals(ctx, p, st.req.Handle, ords); err != nil {
+			stray[p] = len(ords)
+			m.log.Warn("ipam: could not check a block write that failed", "block", p, "handle", st.req.Handle, "err", err)
+		}
+	}
+	excess := map[string]int{}
+	for p, n := range st.raised {
+		if d := n - len(st.held[p]) - stray[p]; d > 0 {
+			excess[p.String()] = d
+		}
+	}
+	if err := m.lowerHandle(ctx, st.req.Handle, excess, nil); err != nil {
+		m.log.Warn("ipam: could not lower a handle's counts after allocating; RepairHandles will", "handle", st.req.Handle, "err", err)
+	}
+}
+
+// undo frees what a failed request took and lowers its handle's counts by
+// what it raised, except for blocks it could not clean up.
+func (m *IPAM) undo(ctx context.Context, st *reqState) error {
+	var errs []error
+	lower := map[string]int{}
+	blocks := map[netip.Prefix][]int{}
+	for p, ords := range st.held {
+		blocks[p] = append(blocks[p], ords...)
+	}
+	for p, ords := range st.maybe {
+		blocks[p] = append(blocks[p], ords...)
+	}
+	for p := range st.raised {
+		if _, ok := blocks[p]; !ok {
+			blocks[p] = nil
+		}
+	}
+	for p, ords := range blocks {
+		if len(ords) > 0 {
+			if _, err := m.releaseOrdinals(ctx, p, st.req.Handle, ords); err != nil {
+				errs = append(errs, err)
+				continue // keep its count: the addresses may still be held
+			}
+		}
+		if n := st.raised[p]; n > 0 {
+			lower[p.String()] = n
+		}
+	}
+	st.got, st.held, st.maybe = nil, map[netip.Prefix][]int{}, map[netip.Prefix][]int{}
+	if err := m.lowerHandle(ctx, st.req.Handle, lower, nil); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// ambiguous reports whether a failed write may have applied all the same.
+func ambiguous(err error) bool {
+	return !errors.Is(err, datastore.ErrConflict) && !errors.Is(err, datastore.ErrNotFound) &&
+		!errors.Is(err, datastore.ErrInvalid) && !errors.Is(err, ErrInvalidRequest)
 }
 
 // allocateMany allocates for several requests of one node, with the same
-// use and pools and distinct handles, in one transaction.
-func (m *IPAM) allocateMany(ctx context.Context, reqs []AllocateRequest) ([][]netip.Addr, error) {
-	node := reqs[0].Node
-	total := 0
-	// New handles are the common case: expect them not to exist and read
-	// them only when that expectation fails.
-	hs := make([]api.Handle, len(reqs))
-	hexps := make([]int64, len(reqs))
-	for i, r := range reqs {
-		total += r.Count
-		hs[i], hexps[i] = newHandle(r.Handle), datastore.MustNotExist
+// use and pools and distinct handles: it plans their addresses, raises
+// their handles, then writes each block of the plan once. When a block
+// write conflicts, what was written stays and the rest is planned again.
+// The states record the outcome; settle ends each request.
+func (m *IPAM) allocateMany(ctx context.Context, states []*reqState) error {
+	first := states[0].req
+	node := first.Node
+	what := fmt.Sprintf("allocate for node %s, handle %q", node, first.Handle)
+	if len(states) > 1 {
+		what = fmt.Sprintf("allocate for node %s, handles %q and %d more", node, first.Handle, len(states)-1)
 	}
-	what := fmt.Sprintf("allocate for node %s, handle %q", node, reqs[0].Handle)
-	if len(reqs) > 1 {
-		what = fmt.Sprintf("allocate for node %s, handles %q and %d more", node, reqs[0].Handle, len(reqs)-1)
+	since := states[0].start
+	for _, st := range states {
+		if st.start.Before(since) {
+			since = st.start
+		}
 	}
 	fresh := false
 	claimMiss := 0
-	var out [][]netip.Addr
-	err := m.retry(ctx, what, func(int) error {
+	return m.retry(ctx, what, func(int) error {
 		for {
+			total := 0
+			for _, st := range states {
+				total += st.need()
+			}
+			if total == 0 {
+				return nil
+			}
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("ipam: %s: %w", what, err)
+			}
 			sn, err := m.snapshot(ctx, node, fresh)
 			if err != nil {
 				return err
 			}
-			pools, err := eligible(sn, reqs[0].Use, reqs[0].Pools)
+			pools, err := eligible(sn, first.Use, first.Pools)
 			if err != nil {
 				return err
 			}
-			if err := m.ensureNode(ctx, node, fresh); err != nil {
-				return err
-			}
-			if !m.affineFree(node, pools, total) {
-				if err := m.ensureAll(ctx, fresh || claimMiss >= claimMissLimit); err != nil {
+			if fresh {
+				// All blocks, the node's among them.
+				if _, err := m.loadAll(ctx); err != nil {
 					return err
 				}
-				if claimMiss >= claimMissLimit {
-					claimMiss = 0
+			} else {
+				if err := m.ensureNode(ctx, node, false); err != nil {
+					return err
+				}
+				if !m.affineFree(node, pools, total) {
+					if err := m.ensureAll(ctx, claimMiss >= claimMissLimit); err != nil {
+						return err
+					}
+					if claimMiss >= claimMissLimit {
+						claimMiss = 0
+					}
 				}
 			}
-			ws, addrs, exh := m.plan(reqs, sn, pools, hs, hexps)
+			writes, exh := m.plan(states, sn, pools)
 			if exh != nil {
-				if !fresh {
+				// Report exhaustion only from reads made after every
+				// request of the batch began.
+				if !fresh && !m.readSince(node, since) {
 					fresh = true
 					continue
 				}
 				return exh
 			}
 			fresh = false
-			err = m.commit(ctx, ws)
-			if err == nil {
-				out = addrs
-				return nil
-			}
-			if !errors.Is(err, datastore.ErrConflict) {
+			if err := m.raiseHandles(ctx, states, writes); err != nil {
 				return err
 			}
-			// Re-read what the plan relied on.
-			if rerr := m.refresh(ctx, ws); rerr != nil {
-				return rerr
-			}
-			m.mu.Lock()
-			for _, bw := range ws.blocks {
-				if bw.expect == datastore.MustNotExist && m.blocks[bw.prefix.String()] != nil {
-					claimMiss++
+			for _, bw := range writes {
+				_, err := m.writeBlock(ctx, bw.prefix, bw.block, bw.rev, bw.create)
+				if err == nil {
+					for _, tk := range bw.takes {
+						tk.st.commit(bw.prefix, tk.ords)
+					}
+					continue
 				}
-			}
-			m.mu.Unlock()
-			for i, r := range reqs {
-				var rerr error
-				if hs[i], hexps[i], rerr = m.readHandle(ctx, r.Handle); rerr != nil {
-					return rerr
+				if errors.Is(err, datastore.ErrConflict) {
+					// Re-read what the plan relied on, then plan the rest
+					// again.
+					if bw.create {
+						claimMiss++
+					}
+					if _, rerr := m.readBlock(ctx, bw.prefix); rerr != nil {
+						return rerr
+					}
+					return err
 				}
+				if ambiguous(err) {
+					for _, tk := range bw.takes {
+						tk.st.maybe[bw.prefix] = append(tk.st.maybe[bw.prefix], tk.ords...)
+					}
+				}
+				return err
 			}
-			return err
+			return nil
 		}
 	})
-	if err != nil {
-		return nil, err
+}
+
+// raiseAttempts bounds the conflicts one handle raise retries before the
+// allocation as a whole is re-planned (and retried) instead.
+const raiseAttempts = 3
+
+// raiseHandles raises, for every request with addresses planned in writes,
+// its handle's counts to what it holds plus what is planned, before any of
+// those blocks is written. The handles are written in parallel. A handle
+// written longer than handleRefreshAge ago is written again, so that
+// RepairHandles sees it change.
+func (m *IPAM) raiseHandles(ctx context.Context, states []*reqState, writes []*blockWrite) error {
+	planned := map[*reqState]map[netip.Prefix]int{}
+	for _, bw := range writes {
+		for _, tk := range bw.takes {
+			if planned[tk.st] == nil {
+				planned[tk.st] = map[netip.Prefix]int{}
+			}
+			planned[tk.st][bw.prefix] += len(tk.ords)
+		}
 	}
-	return out, nil
+	type job struct {
+		st    *reqState
+		delta map[netip.Prefix]int
+		touch bool
+		err   error
+	}
+	now := time.Now()
+	var jobs []*job
+	for _, st := range states {
+		pc := planned[st]
+		if pc == nil {
+			continue
+		}
+		delta := map[netip.Prefix]int{}
+		for p, n := range pc {
+			if want := len(st.held[p]) + n; want > st.raised[p] {
+				delta[p] = want - st.raised[p]
+			}
+		}
+		touch := !st.raisedAt.IsZero() && now.Sub(st.raisedAt) >= handleRefreshAge
+		if len(delta) > 0 || touch {
+			jobs = append(jobs, &job{st: st, delta: delta, touch: touch})
+		}
+	}
+	run := func(j *job) {
+		d := make(map[string]int, len(j.delta))
+		for p, n := range j.delta {
+			d[p.String()] = n
+		}
+		var guess *handleGuess
+		if j.st.guessNew {
+			guess = guessMissing(j.st.req.Handle)
+		}
+		j.err = m.adjustHandle(ctx, j.st.req.Handle, d, guess, j.touch, raiseAttempts)
+	}
+	if len(jobs) == 1 {
+		run(jobs[0])
+	} else {
+		var wg sync.WaitGroup
+		for _, j := range jobs {
+			wg.Go(func() { run(j) })
+		}
+		wg.Wait()
+	}
+	var errs []error
+	for _, j := range jobs {
+		j.st.guessNew = false
+		if j.err != nil {
+			// An error may hide a raise that applied: not counting it
+			// can only leave an over-count.
+			errs = append(errs, j.err)
+			continue
+		}
+		for p, n := range j.delta {
+			j.st.raised[p] += n
+		}
+		j.st.raisedAt = now
+	}
+	return errors.Join(errs...)
 }
 
 // affineFree reports whether node's cached blocks in pools have count free
@@ -215,15 +447,31 @@ func (m *IPAM) affineFree(node string, pools []*poolInfo, count int) bool {
 	return free >= count
 }
 
-// planner builds one transaction for one or more requests of one node from
-// the cache. It runs under IPAM.mu.
+// blockWrite is one block write of a plan: the block's new content, the
+// revision it was read at (or create, to claim it), and which request
+// takes which ordinals in it.
+type blockWrite struct {
+	prefix netip.Prefix
+	block  api.Block
+	rev    string
+	create bool
+	takes  []take
+}
+
+type take struct {
+	st   *reqState
+	ords []int
+}
+
+// planner builds the block writes for one or more requests of one node
+// from the cache. It runs under IPAM.mu.
 type planner struct {
 	m       *IPAM
 	node    string
 	sn      *snapshot
 	pools   []*poolInfo
-	ws      *writeSet
-	touched map[string]*blockWrite
+	writes  []*blockWrite
+	touched map[netip.Prefix]*blockWrite
 	affine  []*blockEntry
 	claimed []*blockWrite
 	owned   int
@@ -233,71 +481,55 @@ type planner struct {
 
 // write returns the write of cached block e, starting it if needed.
 func (pl *planner) write(e *blockEntry) *blockWrite {
-	k := e.prefix.String()
-	if bw := pl.touched[k]; bw != nil {
+	if bw := pl.touched[e.prefix]; bw != nil {
 		return bw
 	}
-	bw := blockWriteFrom(e)
-	pl.touched[k] = bw
-	pl.ws.blocks = append(pl.ws.blocks, bw)
+	bw := &blockWrite{prefix: e.prefix, block: cloneBlock(e.block), rev: e.rev}
+	pl.touched[e.prefix] = bw
+	pl.writes = append(pl.writes, bw)
 	return bw
 }
 
 // free is the number of free addresses of e, counting this plan's takes.
 func (pl *planner) free(e *blockEntry) int {
-	if bw := pl.touched[e.prefix.String()]; bw != nil {
+	if bw := pl.touched[e.prefix]; bw != nil {
 		return blockSize(bw.prefix) - len(bw.block.Allocations)
 	}
 	return e.free()
 }
 
-// plan decides, from the cache, which addresses each request gets and what
-// the transaction writes. It returns an *ExhaustedError when the cache shows
-// no room for all of them.
-func (m *IPAM) plan(reqs []AllocateRequest, sn *snapshot, pools []*poolInfo, hs []api.Handle, hexps []int64) (*writeSet, [][]netip.Addr, *ExhaustedError) {
+// plan decides, from the cache, which addresses each request still needs
+// and which blocks to write. It returns an *ExhaustedError when the cache
+// shows no room for all of them.
+func (m *IPAM) plan(states []*reqState, sn *snapshot, pools []*poolInfo) ([]*blockWrite, *ExhaustedError) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	node := reqs[0].Node
-	pl := &planner{m: m, node: node, sn: sn, pools: pools, ws: &writeSet{}, touched: map[string]*blockWrite{}}
+	node := states[0].req.Node
+	pl := &planner{m: m, node: node, sn: sn, pools: pools, touched: map[netip.Prefix]*blockWrite{}}
 	pl.affine = m.affineLocked(node)
 	pl.owned = len(pl.affine)
-	out := make([][]netip.Addr, len(reqs))
-	for i, r := range reqs {
-		addrs, counts, short := pl.take(r)
-		if short {
-			exh := &ExhaustedError{Node: node, Pools: poolNames(pools), Use: r.Use, Strict: sn.config.StrictAffinity}
+	for _, st := range states {
+		if st.need() == 0 {
+			continue
+		}
+		if pl.take(st) {
+			exh := &ExhaustedError{Node: node, Pools: poolNames(pools), Use: st.req.Use, Strict: sn.config.StrictAffinity}
 			if pl.capHit {
 				exh.MaxBlocksPerNode = sn.config.MaxBlocksPerNode
 			}
-			return nil, nil, exh
+			return nil, exh
 		}
-		out[i] = addrs
-		h := hs[i]
-		h.Blocks = maps.Clone(h.Blocks)
-		if h.Blocks == nil {
-			h.Blocks = map[string]int{}
-		}
-		for c, n := range counts {
-			h.Blocks[c] += n
-		}
-		pl.ws.handles = append(pl.ws.handles, &handleWrite{id: r.Handle, handle: h, expect: hexps[i]})
 	}
-	return pl.ws, out, nil
+	return pl.writes, nil
 }
 
-// take plans req's addresses: the node's blocks, then new blocks, then
-// (unless strict affinity) other blocks. It reports whether it fell short.
-func (pl *planner) take(req AllocateRequest) ([]netip.Addr, map[string]int, bool) {
-	need := req.Count
-	var addrs []netip.Addr
-	counts := map[string]int{}
+// take plans st's missing addresses: the node's blocks, then new blocks,
+// then (unless strict affinity) other blocks. It reports whether it fell
+// short.
+func (pl *planner) take(st *reqState) bool {
+	need := st.need()
 	from := func(bw *blockWrite) {
-		got := takeOrdinals(bw, need, req)
-		need -= len(got)
-		addrs = append(addrs, got...)
-		if len(got) > 0 {
-			counts[bw.block.CIDR] += len(got)
-		}
+		need -= takeOrdinals(bw, st, need)
 	}
 	// 1. The node's own blocks, including those this plan claims.
 	for _, e := range pl.affine {
@@ -331,9 +563,9 @@ func (pl *planner) take(req AllocateRequest) ([]netip.Addr, map[string]int, bool
 		if !ok {
 			break
 		}
-		bw := newBlockWrite(p, pl.node)
-		pl.touched[p.String()] = bw
-		pl.ws.blocks = append(pl.ws.blocks, bw)
+		bw := &blockWrite{prefix: p, block: newBlock(p, pl.node), create: true}
+		pl.touched[p] = bw
+		pl.writes = append(pl.writes, bw)
 		pl.claimed = append(pl.claimed, bw)
 		pl.owned++
 		from(bw)
@@ -353,12 +585,12 @@ func (pl *planner) take(req AllocateRequest) ([]netip.Addr, map[string]int, bool
 			from(pl.write(e))
 		}
 	}
-	return addrs, counts, need > 0
+	return need > 0
 }
 
-// takeOrdinals allocates up to need of bw's lowest free ordinals to req and
-// returns their addresses.
-func takeOrdinals(bw *blockWrite, need int, req AllocateRequest) []netip.Addr {
+// takeOrdinals gives up to need of bw's lowest free ordinals to st and
+// returns how many it gave.
+func takeOrdinals(bw *blockWrite, st *reqState, need int) int {
 	size := blockSize(bw.prefix)
 	used := make([]bool, size)
 	for _, a := range bw.block.Allocations {
@@ -366,16 +598,26 @@ func takeOrdinals(bw *blockWrite, need int, req AllocateRequest) []netip.Addr {
 			used[a.Ordinal] = true
 		}
 	}
-	var got []netip.Addr
-	for o := 0; o < size && len(got) < need; o++ {
+	var ords []int
+	for o := 0; o < size && len(ords) < need; o++ {
 		if used[o] {
 			continue
 		}
-		bw.block.Allocations = append(bw.block.Allocations, api.Allocation{Ordinal: o, Handle: req.Handle, Use: req.Use, Attrs: req.Attrs})
-		got = append(got, ordinalAddr(bw.prefix, o))
+		bw.block.Allocations = append(bw.block.Allocations, api.Allocation{Ordinal: o, Handle: st.req.Handle, Use: st.req.Use, Attrs: st.req.Attrs})
+		ords = append(ords, o)
+	}
+	if len(ords) == 0 {
+		return 0
 	}
 	slices.SortFunc(bw.block.Allocations, func(x, y api.Allocation) int { return x.Ordinal - y.Ordinal })
-	return got
+	for i := range bw.takes {
+		if bw.takes[i].st == st {
+			bw.takes[i].ords = append(bw.takes[i].ords, ords...)
+			return len(ords)
+		}
+	}
+	bw.takes = append(bw.takes, take{st: st, ords: ords})
+	return len(ords)
 }
 
 // candidateLocked picks a block to claim for node: the first pool (in
@@ -480,6 +722,7 @@ func nodeSeeds(node string) (uint64, uint64) {
 // allocateIP allocates exactly req.IP.
 func (m *IPAM) allocateIP(ctx context.Context, req AllocateRequest) ([]netip.Addr, error) {
 	ip := req.IP
+	st := newState(req, time.Now())
 	err := m.retry(ctx, fmt.Sprintf("allocate %s for handle %q", ip, req.Handle), func(n int) error {
 		sn, err := m.snapshot(ctx, req.Node, n > 0)
 		if err != nil {
@@ -500,22 +743,28 @@ func (m *IPAM) allocateIP(ctx context.Context, req AllocateRequest) ([]netip.Add
 		if err != nil {
 			return err
 		}
-		var bw *blockWrite
+		var (
+			b      api.Block
+			rev    string
+			create bool
+		)
 		if e == nil {
 			// The block does not exist in this pool's block size; an older
 			// block of another size may hold the address or overlap.
-			if err := m.loadAll(ctx); err != nil {
+			all, err := m.loadAll(ctx)
+			if err != nil {
 				return err
 			}
-			m.mu.Lock()
 			var over []*blockEntry
-			for _, x := range m.blocks {
+			owned := 0
+			for _, x := range all {
 				if x.prefix.Overlaps(bp) {
 					over = append(over, x)
 				}
+				if x.block.Affinity == req.Node {
+					owned++
+				}
 			}
-			owned := len(m.byNode[req.Node])
-			m.mu.Unlock()
 			for _, x := range over {
 				if x.prefix.Contains(ip) {
 					e = x
@@ -530,32 +779,35 @@ func (m *IPAM) allocateIP(ctx context.Context, req AllocateRequest) ([]netip.Add
 				if mb := sn.config.MaxBlocksPerNode; mb > 0 && owned >= mb {
 					affinity = ""
 				}
-				bw = newBlockWrite(bp, affinity)
+				b, create = newBlock(bp, affinity), true
 			}
 		}
-		if bw == nil {
-			bw = blockWriteFrom(e)
+		if e != nil {
+			b, rev, bp = cloneBlock(e.block), e.rev, e.prefix
 		}
-		ord := addrOrdinal(bw.prefix, ip)
+		ord := addrOrdinal(bp, ip)
 		if ord < 0 {
-			return fmt.Errorf("ipam: allocate %s: block %s is larger than IPAM handles: %w", ip, bw.prefix, ErrNotABlock)
+			return fmt.Errorf("ipam: allocate %s: block %s is larger than IPAM handles: %w", ip, bp, ErrNotABlock)
 		}
-		for _, a := range bw.block.Allocations {
+		for _, a := range b.Allocations {
 			if a.Ordinal == ord {
 				return &InUseError{IP: ip, Handle: a.Handle}
 			}
 		}
-		bw.block.Allocations = append(bw.block.Allocations, api.Allocation{Ordinal: ord, Handle: req.Handle, Use: req.Use, Attrs: req.Attrs})
-		slices.SortFunc(bw.block.Allocations, func(x, y api.Allocation) int { return x.Ordinal - y.Ordinal })
-		h, hexp, err := m.readHandle(ctx, req.Handle)
-		if err != nil {
+		b.Allocations = append(b.Allocations, api.Allocation{Ordinal: ord, Handle: req.Handle, Use: req.Use, Attrs: req.Attrs})
+		slices.SortFunc(b.Allocations, func(x, y api.Allocation) int { return x.Ordinal - y.Ordinal })
+		bw := &blockWrite{prefix: bp, block: b, rev: rev, create: create, takes: []take{{st: st, ords: []int{ord}}}}
+		if err := m.raiseHandles(ctx, []*reqState{st}, []*blockWrite{bw}); err != nil {
 			return err
 		}
-		h.Blocks[bw.block.CIDR]++
-		return m.commit(ctx, &writeSet{blocks: []*blockWrite{bw}, handles: []*handleWrite{{id: req.Handle, handle: h, expect: hexp}}})
+		if _, err := m.writeBlock(ctx, bp, b, rev, create); err != nil {
+			if ambiguous(err) {
+				st.maybe[bp] = append(st.maybe[bp], ord)
+			}
+			return err
+		}
+		st.commit(bp, []int{ord})
+		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return []netip.Addr{ip}, nil
+	return m.settle(ctx, st, err)
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"twill.dev/twill/api"
 	"twill.dev/twill/datastore"
@@ -14,9 +13,10 @@ import (
 
 // ClaimBlock claims one new, empty block for node from the first eligible
 // pool (enabled, nodeSelector matching the node, allowing use) that has a
-// block nobody holds, and returns it. The block and its affinity are created
-// in one transaction. The IPAM config's MaxBlocksPerNode is respected. When
-// no block is left the error is an *ExhaustedError.
+// block nobody holds, and returns it. Claiming is the Create of the block
+// with its affinity set: when someone else created it first, another block
+// is chosen. The IPAM config's MaxBlocksPerNode is respected. When no block
+// is left the error is an *ExhaustedError.
 func (m *IPAM) ClaimBlock(ctx context.Context, node string, use api.IPPoolUse) (api.Block, error) {
 	if node == "" {
 		return api.Block{}, fmt.Errorf("ipam: claim block: name the node: %w", ErrInvalidRequest)
@@ -65,15 +65,13 @@ func (m *IPAM) ClaimBlock(ctx context.Context, node string, use api.IPPoolUse) (
 				return exh
 			}
 			fresh = false
-			bw := newBlockWrite(p, node)
-			ws := &writeSet{blocks: []*blockWrite{bw}}
-			err = m.commit(ctx, ws)
+			e, err := m.writeBlock(ctx, p, newBlock(p, node), "", true)
 			if err == nil {
-				out = bw.block
+				out = cloneBlock(e.block)
 				return nil
 			}
 			if errors.Is(err, datastore.ErrConflict) {
-				if rerr := m.refresh(ctx, ws); rerr != nil {
+				if _, rerr := m.readBlock(ctx, p); rerr != nil {
 					return rerr
 				}
 			}
@@ -103,11 +101,12 @@ func poolOfBlock(pools []*poolInfo, cidr netip.Prefix) (*poolInfo, error) {
 }
 
 // PinBlock assigns block cidr to node and marks it pinned, so that it keeps
-// its affinity when it becomes empty. cidr must be exactly one block of a
-// pool (the pool's blockSize, aligned). A block that does not exist is
-// created; an existing block is pinned when node already holds it, and
-// re-assigned to node when it is empty. A block with addresses of another
-// node is refused with an error matching ErrBlockInUse.
+// its affinity when it becomes empty and is never reclaimed by GC. cidr
+// must be exactly one block of a pool (the pool's blockSize, aligned). A
+// block that does not exist is created; an existing block is pinned when
+// node already holds it, and re-assigned to node when it is empty. A block
+// with addresses of another node is refused with an error matching
+// ErrBlockInUse. Every write is a compare-and-swap of the block.
 func (m *IPAM) PinBlock(ctx context.Context, cidr netip.Prefix, node string) error {
 	if node == "" {
 		return fmt.Errorf("ipam: pin %s: name the node to pin the block to: %w", cidr, ErrInvalidRequest)
@@ -128,37 +127,31 @@ func (m *IPAM) PinBlock(ctx context.Context, cidr netip.Prefix, node string) err
 		if err != nil {
 			return err
 		}
-		var bw *blockWrite
+		var (
+			b      api.Block
+			rev    string
+			create bool
+		)
 		if e == nil {
-			if err := m.loadAll(ctx); err != nil {
+			all, err := m.loadAll(ctx)
+			if err != nil {
 				return err
 			}
-			m.mu.Lock()
-			var over []netip.Prefix
-			for _, x := range m.blocks {
+			for _, x := range all {
 				if x.prefix.Overlaps(cidr) && x.prefix != cidr {
-					over = append(over, x.prefix)
+					return fmt.Errorf("ipam: pin %s: it overlaps the existing block %s (left from another block size): release that block's addresses first: %w", cidr, x.prefix, ErrBlockInUse)
 				}
 			}
-			m.mu.Unlock()
-			if len(over) > 0 {
-				return fmt.Errorf("ipam: pin %s: it overlaps the existing block %s (left from another block size): release that block's addresses first: %w", cidr, over[0], ErrBlockInUse)
-			}
-			bw = newBlockWrite(cidr, node)
+			b, create = newBlock(cidr, node), true
 		} else {
-			bw = blockWriteFrom(e)
+			b, rev = cloneBlock(e.block), e.rev
 			switch {
 			case e.block.Affinity == node:
 				if e.block.Pinned {
 					return nil
 				}
 			case len(e.block.Allocations) == 0:
-				if old := e.block.Affinity; old != "" {
-					bw.affDel = old
-					bw.affDelExpect = datastore.AnyRevision // guarded by the block's revision
-				}
-				bw.block.Affinity = node
-				bw.affPut = node
+				b.Affinity = node
 			default:
 				owner := "no node"
 				if e.block.Affinity != "" {
@@ -168,14 +161,15 @@ func (m *IPAM) PinBlock(ctx context.Context, cidr netip.Prefix, node string) err
 					cidr, node, len(e.block.Allocations), owner, ErrBlockInUse)
 			}
 		}
-		bw.block.Pinned = true
-		return m.commit(ctx, &writeSet{blocks: []*blockWrite{bw}})
+		b.Pinned = true
+		_, err = m.writeBlock(ctx, cidr, b, rev, create)
+		return err
 	})
 }
 
 // UnpinBlock clears the pinned mark of block cidr. The block keeps its
-// affinity and allocations; like any block, it is deleted once a release
-// leaves it empty. A block that does not exist gives an error matching
+// affinity and allocations; like any block, once it is empty GC may
+// reclaim it. A block that does not exist gives an error matching
 // datastore.ErrNotFound.
 func (m *IPAM) UnpinBlock(ctx context.Context, cidr netip.Prefix) error {
 	if !cidr.IsValid() {
@@ -193,14 +187,15 @@ func (m *IPAM) UnpinBlock(ctx context.Context, cidr netip.Prefix) error {
 		if !e.block.Pinned {
 			return nil
 		}
-		bw := blockWriteFrom(e)
-		bw.block.Pinned = false
-		return m.commit(ctx, &writeSet{blocks: []*blockWrite{bw}})
+		b := cloneBlock(e.block)
+		b.Pinned = false
+		_, err = m.writeBlock(ctx, cidr, b, e.rev, false)
+		return err
 	})
 }
 
-// NodeBlocks reads afresh the blocks with affinity to node, in address
-// order.
+// NodeBlocks reads afresh the blocks with affinity to node (listed by the
+// datastore.LabelNode label), in address order.
 func (m *IPAM) NodeBlocks(ctx context.Context, node string) ([]api.Block, error) {
 	if err := m.loadNode(ctx, node); err != nil {
 		return nil, err
@@ -209,19 +204,19 @@ func (m *IPAM) NodeBlocks(ctx context.Context, node string) ([]api.Block, error)
 	defer m.mu.Unlock()
 	var out []api.Block
 	for _, e := range m.affineLocked(node) {
-		b := e.block
-		b.Allocations = slices.Clone(b.Allocations)
-		out = append(out, b)
+		out = append(out, cloneBlock(e.block))
 	}
 	return out, nil
 }
 
-// ReleaseNodeAffinities is for a node that was deleted: each of its blocks
-// that is empty and not pinned is deleted with its affinity; a block that
-// still holds addresses keeps them but loses its affinity, so that their
-// holders can release them later and the block is deleted when empty.
-// Pinned blocks keep their affinity: the pin is an administrator's choice
-// that outlives the node object. Each block is one transaction.
+// ReleaseNodeAffinities is for a node that was deleted. Each block affine
+// to it (listed by label) that is empty and not pinned is deleted, with
+// the revision it was read at as precondition; each other unpinned block
+// keeps its allocations but loses its affinity (a compare-and-swap), so
+// that their holders, or GC once they are gone, release them and GC then
+// reclaims the block. Pinned blocks keep their affinity: the pin is an
+// administrator's choice that outlives the node object. Each block is one
+// write, re-decided from a fresh read when it conflicts.
 func (m *IPAM) ReleaseNodeAffinities(ctx context.Context, node string) error {
 	if node == "" {
 		return fmt.Errorf("ipam: release affinities: name the node: %w", ErrInvalidRequest)
@@ -231,54 +226,35 @@ func (m *IPAM) ReleaseNodeAffinities(ctx context.Context, node string) error {
 		return fmt.Errorf("ipam: release affinities of node %s: %w", node, err)
 	}
 	defer q.unlock()
-	affs, _, err := m.s.List(ctx, datastore.AffinityPrefix(node))
+	list, _, err := m.listBlocks(ctx, datastore.ListOptions{Labels: map[string]string{datastore.LabelNode: node}})
 	if err != nil {
-		return fmt.Errorf("ipam: list affinities of node %s: %w", node, err)
+		return fmt.Errorf("ipam: release affinities of node %s: %w", node, err)
 	}
 	var errs []error
-	for _, a := range affs {
-		seg := strings.TrimPrefix(a.Key, datastore.AffinityPrefix(node))
-		cidr, perr := netip.ParsePrefix(datastore.SegmentCIDR(seg))
-		if o, derr := datastore.Decode[api.BlockAffinity](a); derr == nil {
-			if p, err := netip.ParsePrefix(o.Value.CIDR); err == nil {
-				cidr, perr = p, nil
+	for _, listed := range list {
+		p := listed.prefix
+		err := m.retry(ctx, fmt.Sprintf("release block %s of node %s", p, node), func(n int) error {
+			e := listed
+			if n > 0 {
+				var err error
+				if e, err = m.readBlock(ctx, p); err != nil {
+					return err
+				}
 			}
-		}
-		if perr != nil {
-			m.log.Warn("ipam: ignoring malformed block affinity", "key", a.Key, "err", perr)
-			continue
-		}
-		err := m.retry(ctx, fmt.Sprintf("release block %s of node %s", cidr, node), func(int) error {
-			kv, err := m.s.Get(ctx, a.Key)
-			if errors.Is(err, datastore.ErrNotFound) {
+			if e == nil || e.block.Affinity != node || e.block.Pinned {
 				return nil
 			}
-			if err != nil {
-				return fmt.Errorf("ipam: read %s: %w", a.Key, err)
-			}
-			e, err := m.readBlock(ctx, cidr.Masked())
-			if err != nil {
+			if len(e.block.Allocations) == 0 {
+				err := m.deleteBlock(ctx, p, e.rev)
+				if errors.Is(err, datastore.ErrNotFound) {
+					return nil
+				}
 				return err
 			}
-			if e == nil || e.block.Affinity != node {
-				// An affinity whose block is gone or belongs elsewhere.
-				if _, err := m.s.Txn(ctx, datastore.Delete(a.Key, kv.Revision)); err != nil {
-					return fmt.Errorf("ipam: delete stale affinity %s: %w", a.Key, err)
-				}
-				return nil
-			}
-			if e.block.Pinned {
-				return nil
-			}
-			bw := blockWriteFrom(e)
-			if len(bw.block.Allocations) == 0 {
-				bw.del = true
-			} else {
-				bw.block.Affinity = ""
-			}
-			bw.affDel = node
-			bw.affDelExpect = kv.Revision
-			return m.commit(ctx, &writeSet{blocks: []*blockWrite{bw}})
+			b := cloneBlock(e.block)
+			b.Affinity = ""
+			_, err := m.writeBlock(ctx, p, b, e.rev, false)
+			return err
 		})
 		if err != nil {
 			errs = append(errs, err)
@@ -288,4 +264,32 @@ func (m *IPAM) ReleaseNodeAffinities(ctx context.Context, node string) error {
 	delete(m.nodeAt, node)
 	m.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// blockFor finds the block that holds ip: the block of ip's pool's block
+// size, read afresh, else any listed block containing it; nil when none.
+func (m *IPAM) blockFor(ctx context.Context, ip netip.Addr) (*blockEntry, error) {
+	sn, err := m.snapshot(ctx, "", false)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range sn.pools {
+		if !p.prefix.Contains(ip) {
+			continue
+		}
+		e, err := m.readBlock(ctx, netip.PrefixFrom(ip, p.blockBits).Masked())
+		if err != nil || e != nil {
+			return e, err
+		}
+	}
+	// Not in a block of a current pool's size: look at every block.
+	all, err := m.loadAll(ctx)
+	if err != nil {
+		return nil, err
+	}
+	i := slices.IndexFunc(all, func(e *blockEntry) bool { return e.prefix.Contains(ip) })
+	if i < 0 {
+		return nil, nil
+	}
+	return all[i], nil
 }

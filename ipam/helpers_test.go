@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
-	"slices"
-	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"twill.dev/twill/api"
 	"twill.dev/twill/datastore"
@@ -25,36 +23,36 @@ func putPool(t testing.TB, s datastore.Store, name, cidr string, mod func(*api.I
 	if err := p.Validate(); err != nil {
 		t.Fatalf("pool %s: %v", name, err)
 	}
-	put(t, s, datastore.PoolKey(name), p)
+	put(t, s, datastore.KindIPPool, name, p)
 }
 
 func putNode(t testing.TB, s datastore.Store, name string, labels map[string]string) {
 	t.Helper()
 	n := api.Node{Metadata: api.ObjectMeta{Name: name, Labels: labels}, Spec: api.NodeSpec{Address: "192.168.3.1/24"}}
 	n.Default()
-	put(t, s, datastore.NodeKey(name), n)
+	put(t, s, datastore.KindNode, name, n)
 }
 
 func putConfig(t testing.TB, s datastore.Store, c api.IPAMConfig) {
 	t.Helper()
-	put(t, s, datastore.IPAMConfigKey, c)
+	put(t, s, datastore.KindIPAMConfig, datastore.IPAMConfigName, c)
 }
 
-func put(t testing.TB, s datastore.Store, key string, v any) {
+func put(t testing.TB, s datastore.Store, kind datastore.Kind, name string, v any) {
 	t.Helper()
-	b, err := datastore.Encode(v)
+	kv, err := datastore.NewKV(kind, name, v)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Txn(context.Background(), datastore.Put(key, b, datastore.AnyRevision)); err != nil {
-		t.Fatalf("put %s: %v", key, err)
+	if _, err := datastore.Put(context.Background(), s, kv); err != nil {
+		t.Fatalf("put %s %s: %v", kind, name, err)
 	}
 }
 
 // getBlock reads a block straight from the store.
 func getBlock(t testing.TB, s datastore.Store, cidr string) (api.Block, bool) {
 	t.Helper()
-	o, err := datastore.GetObject[api.Block](context.Background(), s, datastore.BlockKey(cidr))
+	o, err := datastore.GetObject[api.Block](context.Background(), s, datastore.KindBlock, datastore.BlockName(cidr))
 	if errors.Is(err, datastore.ErrNotFound) {
 		return api.Block{}, false
 	}
@@ -64,64 +62,92 @@ func getBlock(t testing.TB, s datastore.Store, cidr string) (api.Block, bool) {
 	return o.Value, true
 }
 
-func exists(t testing.TB, s datastore.Store, key string) bool {
+// getHandle reads a handle's counts straight from the store; nil when it
+// does not exist.
+func getHandle(t testing.TB, s datastore.Store, id string) map[string]int {
 	t.Helper()
-	_, err := s.Get(context.Background(), key)
+	o, err := datastore.GetObject[api.Handle](context.Background(), s, datastore.KindHandle, id)
 	if errors.Is(err, datastore.ErrNotFound) {
-		return false
+		return nil
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	return true
+	return o.Value.Blocks
 }
 
-// dump returns every key under the IPAM prefix with its value.
+// dump returns every stored object, as "kind/name" → labels and value.
 func dump(t testing.TB, s datastore.Store) map[string]string {
 	t.Helper()
-	kvs, _, err := s.List(context.Background(), datastore.Prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]string{}
-	for _, kv := range kvs {
-		out[kv.Key] = string(kv.Value)
+	for _, k := range datastore.Kinds {
+		kvs, _, err := s.List(context.Background(), k, datastore.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range kvs {
+			out[string(k)+"/"+kv.Name] = fmt.Sprint(kv.Labels) + " " + string(kv.Value)
+		}
 	}
 	return out
 }
 
-// checkInvariants verifies the stored IPAM state: allocations sorted,
-// unique and inside their blocks; an affinity key for exactly the blocks
-// with an affinity; handle records that count exactly their blocks'
-// allocations; no empty unpinned block without affinity.
-func checkInvariants(t testing.TB, s datastore.Store) {
+// truth counts, from the stored blocks, each handle's addresses per block.
+func truth(t testing.TB, s datastore.Store) map[string]map[string]int {
 	t.Helper()
-	ctx := context.Background()
-	blocks, _, err := datastore.ListObjects[api.Block](ctx, s, datastore.BlocksPrefix)
+	blocks, _, err := datastore.ListObjects[api.Block](context.Background(), s, datastore.KindBlock, datastore.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	affs, _, err := datastore.ListObjects[api.BlockAffinity](ctx, s, datastore.AffinitiesPrefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	handles, _, err := datastore.ListObjects[api.Handle](ctx, s, datastore.HandlesPrefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantAff := map[string]bool{}
-	counted := map[string]map[string]int{} // handle → block → count
+	counted := map[string]map[string]int{}
 	for _, o := range blocks {
+		for _, a := range o.Value.Allocations {
+			if counted[a.Handle] == nil {
+				counted[a.Handle] = map[string]int{}
+			}
+			counted[a.Handle][o.Value.CIDR]++
+		}
+	}
+	return counted
+}
+
+// storedHandles returns every stored handle's counts by name.
+func storedHandles(t testing.TB, s datastore.Store) map[string]map[string]int {
+	t.Helper()
+	handles, _, err := datastore.ListObjects[api.Handle](context.Background(), s, datastore.KindHandle, datastore.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]map[string]int{}
+	for _, o := range handles {
+		if o.Value.ID != o.Name {
+			t.Errorf("handle %q stored as %q", o.Value.ID, o.Name)
+		}
+		out[o.Name] = o.Value.Blocks
+	}
+	return out
+}
+
+// checkBlocks verifies the stored blocks: stored under their CIDR's name,
+// labelled with their affinity, allocations sorted, unique and inside.
+func checkBlocks(t testing.TB, s datastore.Store) {
+	t.Helper()
+	kvs, _, err := s.List(context.Background(), datastore.KindBlock, datastore.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range kvs {
+		o, err := datastore.Decode[api.Block](kv)
+		if err != nil {
+			t.Fatal(err)
+		}
 		b := o.Value
 		p := netip.MustParsePrefix(b.CIDR)
-		if o.Key != datastore.BlockKey(b.CIDR) {
-			t.Errorf("block %s stored at %s", b.CIDR, o.Key)
+		if kv.Name != datastore.BlockName(b.CIDR) {
+			t.Errorf("block %s stored as %s", b.CIDR, kv.Name)
 		}
-		if b.Affinity != "" {
-			wantAff[datastore.AffinityKey(b.Affinity, b.CIDR)] = true
-		}
-		if len(b.Allocations) == 0 && b.Affinity == "" && !b.Pinned {
-			t.Errorf("block %s is empty and has no affinity: it should have been deleted", b.CIDR)
+		if kv.Labels[datastore.LabelNode] != b.Affinity {
+			t.Errorf("block %s: label %q, affinity %q", b.CIDR, kv.Labels[datastore.LabelNode], b.Affinity)
 		}
 		for i, a := range b.Allocations {
 			if a.Ordinal < 0 || a.Ordinal >= blockSize(p) {
@@ -130,74 +156,133 @@ func checkInvariants(t testing.TB, s datastore.Store) {
 			if i > 0 && b.Allocations[i-1].Ordinal >= a.Ordinal {
 				t.Errorf("block %s: allocations not sorted or duplicated at ordinal %d", b.CIDR, a.Ordinal)
 			}
-			if counted[a.Handle] == nil {
-				counted[a.Handle] = map[string]int{}
-			}
-			counted[a.Handle][b.CIDR]++
 		}
-	}
-	gotAff := map[string]bool{}
-	for _, o := range affs {
-		gotAff[o.Key] = true
-		if o.Key != datastore.AffinityKey(o.Value.Node, o.Value.CIDR) {
-			t.Errorf("affinity %s holds node %q cidr %q", o.Key, o.Value.Node, o.Value.CIDR)
-		}
-	}
-	if !maps.Equal(wantAff, gotAff) {
-		t.Errorf("affinity keys %v, want (from blocks) %v", slices.Sorted(maps.Keys(gotAff)), slices.Sorted(maps.Keys(wantAff)))
-	}
-	gotHandles := map[string]map[string]int{}
-	for _, o := range handles {
-		if o.Key != datastore.HandleKey(o.Value.ID) {
-			t.Errorf("handle %q stored at %s", o.Value.ID, o.Key)
-		}
-		gotHandles[o.Value.ID] = o.Value.Blocks
-	}
-	if fmt.Sprint(gotHandles) != fmt.Sprint(counted) {
-		t.Errorf("handle records %v do not match allocations %v", gotHandles, counted)
 	}
 }
 
-// flakyStore fails its failAt-th call (counting Get, List and Txn from 1)
-// with ErrUnavailable.
-type flakyStore struct {
+// checkInvariants verifies the stored blocks and that the handles count
+// exactly what the blocks hold, as they must when no write failed.
+func checkInvariants(t testing.TB, s datastore.Store) {
+	t.Helper()
+	checkBlocks(t, s)
+	if got, want := storedHandles(t, s), truth(t, s); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("handles %v do not match the blocks' allocations %v", got, want)
+	}
+}
+
+// checkNoUnderCount verifies the stored blocks and that no handle counts
+// fewer addresses in a block than the block holds.
+func checkNoUnderCount(t testing.TB, s datastore.Store) {
+	t.Helper()
+	checkBlocks(t, s)
+	hs := storedHandles(t, s)
+	for h, blocks := range truth(t, s) {
+		for c, n := range blocks {
+			if hs[h][c] < n {
+				t.Errorf("handle %s counts %d in block %s, which holds %d of its addresses", h, hs[h][c], c, n)
+			}
+		}
+	}
+}
+
+// hookStore wraps a store and calls hook before every call; a non-nil
+// error from hook fails the call. It counts writes per kind.
+type hookStore struct {
 	datastore.Store
 	mu     sync.Mutex
-	calls  int
-	failAt int
+	hook   func(op string, kind datastore.Kind, name string) error
+	writes map[datastore.Kind]int
+	delay  time.Duration // before every block write
 }
 
-var errInjected = fmt.Errorf("injected outage: %w", datastore.ErrUnavailable)
+func newHookStore(s datastore.Store) *hookStore {
+	return &hookStore{Store: s, writes: map[datastore.Kind]int{}}
+}
 
-func (f *flakyStore) hit() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls++
-	if f.calls == f.failAt {
-		return errInjected
+func (h *hookStore) call(op string, kind datastore.Kind, name string) error {
+	h.mu.Lock()
+	hook := h.hook
+	delay := h.delay
+	if op != "get" && op != "list" {
+		h.writes[kind]++
+	}
+	h.mu.Unlock()
+	if delay > 0 && kind == datastore.KindBlock && op != "get" && op != "list" {
+		time.Sleep(delay)
+	}
+	if hook != nil {
+		return hook(op, kind, name)
 	}
 	return nil
 }
 
-func (f *flakyStore) Get(ctx context.Context, key string) (datastore.KV, error) {
-	if err := f.hit(); err != nil {
+func (h *hookStore) setHook(f func(op string, kind datastore.Kind, name string) error) {
+	h.mu.Lock()
+	h.hook = f
+	h.mu.Unlock()
+}
+
+func (h *hookStore) count(kind datastore.Kind) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.writes[kind]
+}
+
+func (h *hookStore) Get(ctx context.Context, kind datastore.Kind, name string) (datastore.KV, error) {
+	if err := h.call("get", kind, name); err != nil {
 		return datastore.KV{}, err
 	}
-	return f.Store.Get(ctx, key)
+	return h.Store.Get(ctx, kind, name)
 }
 
-func (f *flakyStore) List(ctx context.Context, prefix string) ([]datastore.KV, int64, error) {
-	if err := f.hit(); err != nil {
-		return nil, 0, err
+func (h *hookStore) List(ctx context.Context, kind datastore.Kind, opts datastore.ListOptions) ([]datastore.KV, string, error) {
+	if err := h.call("list", kind, ""); err != nil {
+		return nil, "", err
 	}
-	return f.Store.List(ctx, prefix)
+	return h.Store.List(ctx, kind, opts)
 }
 
-func (f *flakyStore) Txn(ctx context.Context, ops ...datastore.Op) (int64, error) {
-	if err := f.hit(); err != nil {
-		return 0, err
+func (h *hookStore) Create(ctx context.Context, kv datastore.KV) (datastore.KV, error) {
+	if err := h.call("create", kv.Kind, kv.Name); err != nil {
+		return datastore.KV{}, err
 	}
-	return f.Store.Txn(ctx, ops...)
+	return h.Store.Create(ctx, kv)
+}
+
+func (h *hookStore) Update(ctx context.Context, kv datastore.KV) (datastore.KV, error) {
+	if err := h.call("update", kv.Kind, kv.Name); err != nil {
+		return datastore.KV{}, err
+	}
+	return h.Store.Update(ctx, kv)
+}
+
+func (h *hookStore) Delete(ctx context.Context, kind datastore.Kind, name, expect string) error {
+	if err := h.call("delete", kind, name); err != nil {
+		return err
+	}
+	return h.Store.Delete(ctx, kind, name, expect)
+}
+
+var errInjected = fmt.Errorf("injected outage: %w", datastore.ErrUnavailable)
+
+// failAt returns a hook that fails the n-th call (from 1) with
+// errInjected, and a counter of the calls seen.
+func failAt(n int) (func(string, datastore.Kind, string) error, func() int) {
+	var mu sync.Mutex
+	calls := 0
+	return func(string, datastore.Kind, string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			if calls == n {
+				return errInjected
+			}
+			return nil
+		}, func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			return calls
+		}
 }
 
 func mustAlloc(t testing.TB, m *IPAM, req AllocateRequest) []netip.Addr {
@@ -223,18 +308,14 @@ func blockOf(a netip.Addr, bits int) string {
 	return netip.PrefixFrom(a, bits).Masked().String()
 }
 
-func addrs(ss ...string) []netip.Addr {
-	var out []netip.Addr
-	for _, s := range ss {
-		out = append(out, netip.MustParseAddr(s))
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
 	}
-	return out
-}
-
-func joinAddrs(as []netip.Addr) string {
-	var parts []string
-	for _, a := range as {
-		parts = append(parts, a.String())
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
 	}
-	return strings.Join(parts, ",")
+	return true
 }

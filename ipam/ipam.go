@@ -1,40 +1,81 @@
 // Package ipam hands out pod and tunnel addresses from IP pools, one block
-// at a time, keeping all of its state in a datastore.Store.
+// at a time, keeping all of its state in a datastore.Store. It needs no
+// multi-object transactions: every write touches one object, so it runs
+// the same on etcd and on the Kubernetes API.
 //
 // # State
 //
-// A pool is cut into blocks of its blockSize. A block (api.Block at
-// datastore.BlockKey) records its affinity, the node it belongs to, and the
-// addresses allocated from it, sorted by ordinal. For every block with an
-// affinity an api.BlockAffinity exists at datastore.AffinityKey(node, cidr).
-// An api.Handle at datastore.HandleKey(id) counts, per block, the addresses
-// the handle holds there. The IPAM config (strict affinity, a cap on blocks
-// per node) lives at datastore.IPAMConfigKey; a missing config means the
-// defaults.
+// A pool (datastore.KindIPPool) is cut into blocks of its blockSize. A block
+// (api.Block, datastore.KindBlock, named datastore.BlockName(cidr)) records
+// the node it belongs to (its Affinity, mirrored in the label
+// datastore.LabelNode so that a node's blocks can be listed by label),
+// whether it is pinned, and the addresses allocated from it, sorted by
+// ordinal. A handle (api.Handle, datastore.KindHandle, named by the handle
+// id) counts, per block, the addresses the handle holds there: it is an
+// index that lets release by handle read a few blocks rather than all. The
+// IPAM config (datastore.KindIPAMConfig, named datastore.IPAMConfigName)
+// holds strict affinity and a cap on blocks per node; a missing config
+// means the defaults. Node labels come from datastore.KindNode objects.
 //
 // # Invariants
 //
-//   - No address is handed out twice. An address is taken by rewriting its
-//     block in a transaction that expects the revision the block was read at
-//     (datastore.MustNotExist when the block is created). A racing writer
-//     makes the transaction fail with datastore.ErrConflict; IPAM then
-//     re-reads and plans again.
-//   - A handle's record matches its blocks: the handle is written in the same
-//     transaction as every block whose allocations of that handle change,
-//     with a compare-and-swap on the handle too.
-//   - A block's affinity and its affinity key agree: both are written in the
-//     same transaction, and that transaction expects the block's revision.
+//   - The blocks are the truth: an address is taken if and only if its
+//     block lists it. Every block write is a compare-and-swap: an Update
+//     that expects the revision the block was read at, or the Create that
+//     claims a new block (with its affinity set). A racing writer makes the
+//     write fail (datastore.ErrConflict, ErrExists, or ErrNotFound when the
+//     block was reclaimed meanwhile); IPAM re-reads and plans again. Two
+//     writers can therefore never both take the same free ordinal, and no
+//     address is ever handed out twice, whatever crashes or races.
+//   - A block's affinity and its node label change in the same write, since
+//     they live in the same object.
+//   - Handles never under-count. Before an address is taken in a block, its
+//     handle's count for that block is raised (the handle is created or
+//     updated with a compare-and-swap); only after an address was freed
+//     from a block is the count lowered, and the handle is deleted when all
+//     of its counts reach zero. A crash (or an error) between the two
+//     writes leaves an over-count, never an under-count.
 //   - Release removes only allocations that carry the released handle (or,
-//     for ReleaseIP, the one address asked for); it never frees another
-//     handle's address.
-//   - An empty block that is not pinned is deleted, with its affinity, in the
-//     transaction that empties it. Pinned blocks keep their affinity.
+//     for ReleaseIP, the one address asked for; for ReleaseIfOwned, that
+//     address only while it still carries the handle): it never frees
+//     another handle's address.
+//   - A release never deletes a block: an emptied block keeps its affinity
+//     (its node will fill it again). Empty, unpinned blocks are reclaimed by
+//     garbage collection (EmptyBlocks, ReclaimBlock), a delete that expects
+//     the revision at which the block was seen empty, so a block that got
+//     an address meanwhile is never reclaimed. ReleaseNodeAffinities
+//     deletes the empty blocks of a deleted node and clears the affinity of
+//     its other blocks (pinned blocks keep theirs).
 //
-// Every write is one transaction, all or nothing. Transactions that fail
-// with datastore.ErrConflict are re-planned from fresh reads and retried, a
-// bounded number of times with a small jittered backoff; after that the
-// error wraps datastore.ErrConflict. datastore.ErrUnavailable is not retried
-// and comes back wrapped.
+// # What can leak, and how it is repaired
+//
+//   - A handle count with no address behind it: a crash or store outage
+//     between raising the count and writing the block (or between freeing
+//     an address and lowering the count), which the allocation or release
+//     could not undo. Harmless: release by handle reads one block too many
+//     and falls back to a scan. RepairHandles recomputes the handles from
+//     the blocks and lowers such counts once they have been stable for the
+//     repair grace (WithRepairGrace), so that it never lowers the count of
+//     an allocation that is still in flight.
+//   - An address whose caller never learnt it was allocated (a crash after
+//     the block write, or an Allocate whose clean-up after a failure could
+//     not reach the store). It carries its handle and is found by
+//     ReleaseHandle and HandleAddrs of that handle; if its owner is gone,
+//     the garbage collector finds it with AllAllocations and frees it with
+//     ReleaseIfOwned.
+//   - A handle that was deleted or edited while it still had addresses
+//     (only by hand, by a ReleaseHandle racing with an Allocate of the same
+//     handle, or by a repair after an allocation stalled for longer than the
+//     grace). ReleaseHandle still frees every address of the handle: it
+//     scans all blocks whenever the handle is missing or its counts do not
+//     match what it found in the named blocks; RepairHandles re-creates the
+//     missing counts.
+//   - An empty block. It stays until GC reclaims it (or its node fills it).
+//
+// Writes that fail with a conflict are re-planned from fresh reads and
+// retried, a bounded number of times with a small jittered backoff; after
+// that the error wraps datastore.ErrConflict. datastore.ErrUnavailable is
+// not retried and comes back wrapped.
 //
 // # Allocation order
 //
@@ -46,26 +87,35 @@
 // claim are visited in a permutation seeded by the node name, so that nodes
 // claiming at the same time rarely race for the same block.
 //
+// A request that needs several blocks writes them one after the other. If
+// one of them conflicts, the addresses already written stay with the
+// request and only the rest is planned again; if the request finally
+// fails, the addresses it took are freed again (as ReleaseIfOwned would),
+// so that each Allocate gets all of its addresses or none.
+//
 // # Group commit
 //
 // Allocations for one node contend for the same blocks, so an IPAM runs
-// them one transaction at a time; concurrent Allocate calls for that node
-// wait in a queue, and whoever runs next takes the waiting calls along into
-// the same transaction. A burst of pod starts on a node thus costs a few
-// transactions rather than one each, and each call still gets all of its
-// addresses or none.
+// them one batch at a time; concurrent Allocate calls for that node wait in
+// a queue, and whoever runs next takes the waiting calls along into the same
+// batch. A batch writes each call's handle first (in parallel, one write
+// per call) and then each block it takes addresses from once, so a burst of
+// pod starts on a node costs one handle write per pod and a few block
+// writes, and each call still gets all of its addresses or none.
 //
 // # Caching
 //
 // An IPAM remembers the blocks it has read or written, with their
 // revisions, and uses those revisions as the expectations of its next
-// transaction. When the cache is current, which is the common case of one
-// agent allocating from its own node's blocks, an allocation costs one
-// transaction and no reads; a stale entry costs one conflict and one re-read,
-// never a wrong answer. Pools, node labels and the IPAM config are cached for
-// the cache TTL (WithCacheTTL, default one second): a pool that is disabled
-// stops being used by a running IPAM within that time. Exhaustion is only
-// reported after everything was read afresh.
+// writes. Revisions are opaque: the cache never orders them, it keeps
+// whichever copy this IPAM obtained last. When the cache is current, which
+// is the common case of one agent allocating from its own node's blocks, an
+// allocation costs a handle write and a block write and no reads; a stale
+// entry costs one conflict and one re-read, never a wrong answer. Pools,
+// node labels and the IPAM config are cached for the cache TTL
+// (WithCacheTTL, default one second): a pool that is disabled stops being
+// used by a running IPAM within that time. Exhaustion is only reported after
+// everything was read afresh.
 package ipam
 
 import (
@@ -76,8 +126,8 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"twill.dev/twill/api"
@@ -88,14 +138,25 @@ import (
 const (
 	DefaultCacheTTL    = time.Second
 	DefaultMaxAttempts = 100
+	// DefaultRepairGrace is how long RepairHandles waits before it lowers a
+	// handle count that no address backs (see WithRepairGrace).
+	DefaultRepairGrace = 2 * time.Minute
 	// MaxCount is the largest number of addresses one Allocate may ask for;
-	// it keeps a request within one transaction of etcd's default size.
+	// it bounds the blocks one request writes and the size of a handle.
 	MaxCount = 1024
 )
 
 const (
 	backoffBase = 200 * time.Microsecond
 	backoffCap  = 5 * time.Millisecond
+	// handleRefreshAge is how old an allocation's handle write may be when
+	// the allocation writes a block; an older one is written again first,
+	// so that RepairHandles (whose grace must exceed this plus one store
+	// call) sees the handle change and leaves its count alone.
+	handleRefreshAge = 15 * time.Second
+	// cleanupTimeout bounds the writes that undo a failed allocation, which
+	// run even when the caller's context has ended.
+	cleanupTimeout = 10 * time.Second
 )
 
 // Option configures an IPAM.
@@ -122,11 +183,28 @@ func WithMaxAttempts(n int) Option {
 	}
 }
 
-// WithLogger sets the logger for warnings about malformed stored state.
+// WithLogger sets the logger for warnings about malformed stored state and
+// failed clean-ups.
 func WithLogger(l *slog.Logger) Option {
 	return func(m *IPAM) {
 		if l != nil {
 			m.log = l
+		}
+	}
+}
+
+// WithRepairGrace sets how long a handle's over-count must have been seen,
+// unchanged (same handle revision), by earlier RepairHandles calls of this
+// IPAM before RepairHandles lowers it (default DefaultRepairGrace). The
+// grace protects allocations in flight, which raise their handle before
+// they write their block; it must exceed the time one allocation takes
+// between those writes (allocations re-write a handle older than 15s before
+// writing a block). Zero lowers over-counts at once: only for a store no
+// allocation is running against (tests, offline repair).
+func WithRepairGrace(d time.Duration) Option {
+	return func(m *IPAM) {
+		if d >= 0 {
+			m.grace = d
 		}
 	}
 }
@@ -137,21 +215,27 @@ func WithLogger(l *slog.Logger) Option {
 type IPAM struct {
 	s           datastore.Store
 	ttl         time.Duration
+	grace       time.Duration
 	maxAttempts int
 	log         *slog.Logger
+	seq         atomic.Uint64 // orders what this IPAM read and wrote
 
 	mu       sync.Mutex
 	queues   map[string]*nodeQueue
-	warned   map[string]int64                  // key → revision already warned about
-	blocks   map[string]*blockEntry            // canonical CIDR → entry
-	byNode   map[string]map[string]*blockEntry // affinity → CIDR → entry
-	fullAt   time.Time                         // last List of all blocks
-	nodeAt   map[string]time.Time              // last load of a node's blocks
+	warned   map[string]string                       // kind/name → revision already warned about
+	blocks   map[netip.Prefix]*blockEntry            // every cached block
+	byName   map[string]*blockEntry                  // the same by store name
+	byNode   map[string]map[netip.Prefix]*blockEntry // affinity → its cached blocks
+	fullAt   time.Time                               // last List of all blocks
+	nodeAt   map[string]time.Time                    // last List of a node's blocks
 	pools    []*poolInfo
 	poolsAt  time.Time
 	labels   map[string]labelEntry
 	config   api.IPAMConfig
 	configAt time.Time
+	// overSeen remembers, per handle, the revision at which RepairHandles
+	// first saw it over-count, and when.
+	overSeen map[string]overMark
 }
 
 type labelEntry struct {
@@ -160,12 +244,15 @@ type labelEntry struct {
 }
 
 // blockEntry is a block as read from (or written to) the store. Its block
-// value is never modified in place: plans copy it.
+// value is never modified in place: writers copy it.
 type blockEntry struct {
-	key    string
 	prefix netip.Prefix
 	block  api.Block
-	rev    int64
+	rev    string
+	// stamp orders the cache's knowledge: a read is stamped before it is
+	// sent, a write after it returned, so an entry with a larger stamp is
+	// at least as new as one with a smaller stamp.
+	stamp uint64
 }
 
 func (e *blockEntry) free() int { return blockSize(e.prefix) - len(e.block.Allocations) }
@@ -191,14 +278,17 @@ func New(s datastore.Store, opts ...Option) *IPAM {
 	m := &IPAM{
 		s:           s,
 		ttl:         DefaultCacheTTL,
+		grace:       DefaultRepairGrace,
 		maxAttempts: DefaultMaxAttempts,
 		log:         slog.Default(),
 		queues:      map[string]*nodeQueue{},
-		warned:      map[string]int64{},
-		blocks:      map[string]*blockEntry{},
-		byNode:      map[string]map[string]*blockEntry{},
+		warned:      map[string]string{},
+		blocks:      map[netip.Prefix]*blockEntry{},
+		byName:      map[string]*blockEntry{},
+		byNode:      map[string]map[netip.Prefix]*blockEntry{},
 		nodeAt:      map[string]time.Time{},
 		labels:      map[string]labelEntry{},
+		overSeen:    map[string]overMark{},
 	}
 	for _, o := range opts {
 		o(m)
@@ -222,37 +312,67 @@ func (m *IPAM) stale(at time.Time, now time.Time) bool {
 	return at.IsZero() || now.Sub(at) >= m.ttl
 }
 
+// stamp returns the next cache stamp.
+func (m *IPAM) stamp() uint64 { return m.seq.Add(1) }
+
 // --- block cache -----------------------------------------------------------
 
-// setLocked records e unless the cache already holds a newer revision.
+// setLocked records e unless the cache holds a copy obtained later.
 func (m *IPAM) setLocked(e *blockEntry) {
-	k := e.prefix.String()
-	if old, ok := m.blocks[k]; ok {
-		if old.rev > e.rev {
+	if old, ok := m.blocks[e.prefix]; ok {
+		if old.stamp > e.stamp {
 			return
 		}
-		if n := m.byNode[old.block.Affinity]; n != nil {
-			delete(n, k)
-		}
+		m.unindexLocked(old)
 	}
-	m.blocks[k] = e
+	m.blocks[e.prefix] = e
+	m.byName[blockName(e.prefix)] = e
 	if a := e.block.Affinity; a != "" {
 		n := m.byNode[a]
 		if n == nil {
-			n = map[string]*blockEntry{}
+			n = map[netip.Prefix]*blockEntry{}
 			m.byNode[a] = n
 		}
-		n[k] = e
+		n[e.prefix] = e
 	}
 }
 
-func (m *IPAM) dropLocked(k string) {
-	if old, ok := m.blocks[k]; ok {
-		if n := m.byNode[old.block.Affinity]; n != nil {
-			delete(n, k)
+func (m *IPAM) unindexLocked(old *blockEntry) {
+	if n := m.byNode[old.block.Affinity]; n != nil {
+		delete(n, old.prefix)
+		if len(n) == 0 {
+			delete(m.byNode, old.block.Affinity)
 		}
-		delete(m.blocks, k)
 	}
+}
+
+// dropLocked forgets block p unless the cache's copy was obtained after
+// stamp.
+func (m *IPAM) dropLocked(p netip.Prefix, stamp uint64) {
+	if old, ok := m.blocks[p]; ok && old.stamp <= stamp {
+		m.unindexLocked(old)
+		delete(m.blocks, p)
+		delete(m.byName, blockName(p))
+	}
+}
+
+func (m *IPAM) set(e *blockEntry) {
+	m.mu.Lock()
+	m.setLocked(e)
+	m.mu.Unlock()
+}
+
+func (m *IPAM) drop(p netip.Prefix, stamp uint64) {
+	m.mu.Lock()
+	m.dropLocked(p, stamp)
+	m.mu.Unlock()
+}
+
+// cached returns the cached copy of block p, or nil.
+func (m *IPAM) cached(p netip.Prefix) *blockEntry {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.blocks[p]
 }
 
 // affineLocked returns node's cached blocks in address order.
@@ -285,122 +405,231 @@ func cmpEntry(a, b *blockEntry) int {
 	return 0
 }
 
-// decodeBlock turns a stored block into an entry.
-func decodeBlock(kv datastore.KV) (*blockEntry, error) {
+// blockName is the store name of block p.
+func blockName(p netip.Prefix) string { return datastore.BlockName(p.String()) }
+
+// decodeBlock turns a stored block into an entry. A block must name its
+// CIDR, be stored under that CIDR's name and be small enough to handle.
+func decodeBlock(kv datastore.KV, stamp uint64) (*blockEntry, error) {
 	o, err := datastore.Decode[api.Block](kv)
 	if err != nil {
-		return nil, fmt.Errorf("ipam: block %s is corrupt (fix or delete the key): %w", kv.Key, err)
+		return nil, fmt.Errorf("ipam: block %s is corrupt (fix or delete it): %w", kv.Name, err)
 	}
 	p, err := netip.ParsePrefix(o.Value.CIDR)
-	if err != nil {
-		p, err = netip.ParsePrefix(datastore.SegmentCIDR(strings.TrimPrefix(kv.Key, datastore.BlocksPrefix)))
-	}
-	if err != nil || p != p.Masked() || blockSize(p) == 0 {
-		return nil, fmt.Errorf("ipam: block %s has no valid cidr %q (fix or delete the key): %w", kv.Key, o.Value.CIDR, ErrNotABlock)
+	if err != nil || p != p.Masked() || blockSize(p) == 0 || blockName(p) != kv.Name {
+		return nil, fmt.Errorf("ipam: block %s has no valid cidr matching its name (got %q; fix or delete it): %w", kv.Name, o.Value.CIDR, ErrNotABlock)
 	}
 	b := o.Value
-	if b.CIDR == "" {
-		b.CIDR = p.String()
-	}
+	b.CIDR = p.String()
 	slices.SortFunc(b.Allocations, func(x, y api.Allocation) int { return x.Ordinal - y.Ordinal })
-	return &blockEntry{key: kv.Key, prefix: p, block: b, rev: kv.Revision}, nil
+	return &blockEntry{prefix: p, block: b, rev: kv.Revision, stamp: stamp}, nil
+}
+
+// checkLabel warns once when a stored block's node label disagrees with its
+// affinity (only a hand-made block can: IPAM writes both together). The
+// next IPAM write of the block repairs the label.
+func (m *IPAM) checkLabel(kv datastore.KV, e *blockEntry) {
+	if kv.Labels[datastore.LabelNode] != e.block.Affinity {
+		m.warnOnce(string(kv.Kind)+"/"+kv.Name, kv.Revision, "ipam: block's node label disagrees with its affinity; listing the node's blocks misses it until IPAM writes it again",
+			"affinity", e.block.Affinity, "label", kv.Labels[datastore.LabelNode])
+	}
+}
+
+// blockKV encodes block b of p for a write, with the node label matching
+// its affinity.
+func blockKV(p netip.Prefix, b api.Block, rev string) (datastore.KV, error) {
+	b.TypeMeta = api.TypeMeta{APIVersion: api.Version, Kind: api.KindBlock}
+	b.CIDR = p.String()
+	kv, err := datastore.NewKV(datastore.KindBlock, blockName(p), b)
+	if err != nil {
+		return kv, err
+	}
+	if b.Affinity != "" {
+		kv.Labels = map[string]string{datastore.LabelNode: b.Affinity}
+	}
+	kv.Revision = rev
+	return kv, nil
+}
+
+// newBlock is the content of a new block p with affinity to node ("" for
+// none).
+func newBlock(p netip.Prefix, node string) api.Block {
+	return api.Block{TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindBlock}, CIDR: p.String(), Affinity: node}
+}
+
+// cloneBlock copies b with its own allocation slice.
+func cloneBlock(b api.Block) api.Block {
+	b.Allocations = slices.Clone(b.Allocations)
+	return b
 }
 
 // readBlock reads one block afresh and records it; nil when it does not
 // exist.
 func (m *IPAM) readBlock(ctx context.Context, p netip.Prefix) (*blockEntry, error) {
-	kv, err := m.s.Get(ctx, datastore.BlockKey(p.String()))
+	st := m.stamp()
+	kv, err := m.s.Get(ctx, datastore.KindBlock, blockName(p))
 	if errors.Is(err, datastore.ErrNotFound) {
-		m.mu.Lock()
-		m.dropLocked(p.String())
-		m.mu.Unlock()
+		m.drop(p, st)
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ipam: read block %s: %w", p, err)
 	}
-	e, err := decodeBlock(kv)
+	e, err := decodeBlock(kv, st)
 	if err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	m.setLocked(e)
-	m.mu.Unlock()
+	m.checkLabel(kv, e)
+	m.set(e)
 	return e, nil
 }
 
-// loadAll lists every block and replaces the cache with the result, keeping
-// entries this IPAM wrote after the list was read.
-func (m *IPAM) loadAll(ctx context.Context) error {
-	now := time.Now()
-	kvs, rev, err := m.s.List(ctx, datastore.BlocksPrefix)
+// writeBlock stores b as block p: a Create when create is set (claiming
+// the block), else an Update that expects revision rev. It records the
+// result in the cache. A failed expectation, a block that exists already
+// and a block deleted meanwhile all come back matching datastore.ErrConflict.
+func (m *IPAM) writeBlock(ctx context.Context, p netip.Prefix, b api.Block, rev string, create bool) (*blockEntry, error) {
+	if !create && rev == "" {
+		return nil, fmt.Errorf("ipam: write block %s without the revision it was read at: %w", p, ErrInvalidRequest)
+	}
+	kv, err := blockKV(p, b, rev)
 	if err != nil {
-		return fmt.Errorf("ipam: list blocks: %w", err)
+		return nil, err
 	}
-	fresh := make(map[string]*blockEntry, len(kvs))
-	for _, kv := range kvs {
-		e, err := decodeBlock(kv)
-		if err != nil {
-			m.warnOnce(kv.Key, kv.Revision, "ipam: ignoring malformed block", "err", err)
-			continue
-		}
-		fresh[e.prefix.String()] = e
+	var out datastore.KV
+	if create {
+		out, err = m.s.Create(ctx, kv)
+	} else {
+		out, err = m.s.Update(ctx, kv)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for k, old := range m.blocks {
-		if _, ok := fresh[k]; !ok && old.rev <= rev {
-			m.dropLocked(k)
-		}
+	st := m.stamp()
+	switch {
+	case err == nil:
+	case errors.Is(err, datastore.ErrNotFound):
+		m.drop(p, st)
+		return nil, fmt.Errorf("ipam: write block %s: it was deleted meanwhile: %w: %w", p, datastore.ErrConflict, err)
+	case create && errors.Is(err, datastore.ErrExists):
+		return nil, fmt.Errorf("ipam: claim block %s: someone else claimed it first: %w", p, err)
+	default:
+		return nil, fmt.Errorf("ipam: write block %s: %w", p, err)
 	}
-	for _, e := range fresh {
-		m.setLocked(e)
+	b.TypeMeta = api.TypeMeta{APIVersion: api.Version, Kind: api.KindBlock}
+	b.CIDR = p.String()
+	e := &blockEntry{prefix: p, block: b, rev: out.Revision, stamp: st}
+	m.set(e)
+	return e, nil
+}
+
+// deleteBlock deletes block p if it is still at revision rev.
+func (m *IPAM) deleteBlock(ctx context.Context, p netip.Prefix, rev string) error {
+	if rev == "" {
+		return fmt.Errorf("ipam: delete block %s without the revision it was read at: %w", p, ErrInvalidRequest)
 	}
-	m.fullAt = now
+	err := m.s.Delete(ctx, datastore.KindBlock, blockName(p), rev)
+	st := m.stamp()
+	if err == nil || errors.Is(err, datastore.ErrNotFound) {
+		m.drop(p, st)
+	}
+	if err != nil {
+		return fmt.Errorf("ipam: delete block %s: %w", p, err)
+	}
 	return nil
 }
 
-// nodeBlockLimit is how many affinities loadNode reads one by one; above it,
-// listing all blocks is cheaper.
-const nodeBlockLimit = 16
+// listBlocks lists the blocks matching opts afresh, page by page when the
+// store can, and records them. It returns the decoded blocks in address
+// order and the stamp taken before the list.
+func (m *IPAM) listBlocks(ctx context.Context, opts datastore.ListOptions) ([]*blockEntry, uint64, error) {
+	st := m.stamp()
+	var out []*blockEntry
+	add := func(kvs []datastore.KV) {
+		for _, kv := range kvs {
+			// A block at the revision already cached need not be decoded
+			// again (revisions are compared for equality only).
+			m.mu.Lock()
+			c := m.byName[kv.Name]
+			m.mu.Unlock()
+			if c != nil && c.rev == kv.Revision && kv.Revision != "" {
+				e := *c
+				e.stamp = st
+				out = append(out, &e)
+				continue
+			}
+			e, err := decodeBlock(kv, st)
+			if err != nil {
+				m.warnOnce(string(kv.Kind)+"/"+kv.Name, kv.Revision, "ipam: ignoring malformed block", "err", err)
+				continue
+			}
+			m.checkLabel(kv, e)
+			out = append(out, e)
+		}
+	}
+	if pg, ok := m.s.(datastore.Pager); ok {
+		_, err := pg.ListPages(ctx, datastore.KindBlock, opts, func(kvs []datastore.KV, restart bool) error {
+			if restart {
+				out = out[:0]
+			}
+			add(kvs)
+			return nil
+		})
+		if err != nil {
+			return nil, 0, fmt.Errorf("ipam: list blocks: %w", err)
+		}
+	} else {
+		kvs, _, err := m.s.List(ctx, datastore.KindBlock, opts)
+		if err != nil {
+			return nil, 0, fmt.Errorf("ipam: list blocks: %w", err)
+		}
+		add(kvs)
+	}
+	slices.SortFunc(out, cmpEntry)
+	return out, st, nil
+}
 
-// loadNode re-reads node's affinities and its blocks.
-func (m *IPAM) loadNode(ctx context.Context, node string) error {
+// loadAll lists every block and replaces the cache with the result, keeping
+// entries this IPAM obtained after the list was sent.
+func (m *IPAM) loadAll(ctx context.Context) ([]*blockEntry, error) {
 	now := time.Now()
-	affs, listRev, err := datastore.ListObjects[api.BlockAffinity](ctx, m.s, datastore.AffinityPrefix(node))
+	list, st, err := m.listBlocks(ctx, datastore.ListOptions{})
 	if err != nil {
-		return fmt.Errorf("ipam: list affinities of node %s: %w", node, err)
+		return nil, err
 	}
-	if len(affs) > nodeBlockLimit {
-		return m.loadAll(ctx)
-	}
-	seen := map[string]bool{}
-	for _, a := range affs {
-		p, err := netip.ParsePrefix(a.Value.CIDR)
-		if err != nil {
-			p, err = netip.ParsePrefix(datastore.SegmentCIDR(strings.TrimPrefix(a.Key, datastore.AffinityPrefix(node))))
-		}
-		if err != nil {
-			m.warnOnce(a.Key, a.Revision, "ipam: ignoring malformed block affinity", "err", err)
-			continue
-		}
-		e, err := m.readBlock(ctx, p)
-		if err != nil {
-			return err
-		}
-		if e == nil {
-			m.warnOnce(a.Key, a.Revision, "ipam: block affinity without a block (delete the key, or run ReleaseNodeAffinities for the node)")
-			continue
-		}
-		seen[e.prefix.String()] = true
-	}
+	fresh := make(map[netip.Prefix]bool, len(list))
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for k, e := range m.byNode[node] {
-		if !seen[k] && e.rev <= listRev {
+	for _, e := range list {
+		fresh[e.prefix] = true
+		m.setLocked(e)
+	}
+	for p := range m.blocks {
+		if !fresh[p] {
+			m.dropLocked(p, st)
+		}
+	}
+	m.fullAt = now
+	return list, nil
+}
+
+// loadNode re-reads the blocks labelled as node's and records them; cached
+// blocks of node that the list no longer shows are forgotten.
+func (m *IPAM) loadNode(ctx context.Context, node string) error {
+	now := time.Now()
+	list, st, err := m.listBlocks(ctx, datastore.ListOptions{Labels: map[string]string{datastore.LabelNode: node}})
+	if err != nil {
+		return fmt.Errorf("ipam: blocks of node %s: %w", node, err)
+	}
+	seen := make(map[netip.Prefix]bool, len(list))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, e := range list {
+		seen[e.prefix] = true
+		m.setLocked(e)
+	}
+	for p := range m.byNode[node] {
+		if !seen[p] {
 			// Not affine any more (or gone): forget it; a later read
 			// restores it if it still exists.
-			m.dropLocked(k)
+			m.dropLocked(p, st)
 		}
 	}
 	m.nodeAt[node] = now
@@ -430,9 +659,20 @@ func (m *IPAM) ensureAll(ctx context.Context, fresh bool) error {
 	at := m.fullAt
 	m.mu.Unlock()
 	if fresh || m.stale(at, time.Now()) {
-		return m.loadAll(ctx)
+		_, err := m.loadAll(ctx)
+		return err
 	}
 	return nil
+}
+
+// readSince reports whether the pools, the config, node's labels and all
+// blocks were last read at or after since, so that the cache shows at least
+// what the store held then.
+func (m *IPAM) readSince(node string, since time.Time) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	le, ok := m.labels[node]
+	return ok && !le.at.Before(since) && !m.poolsAt.Before(since) && !m.configAt.Before(since) && !m.fullAt.Before(since)
 }
 
 // --- pools, nodes, config -------------------------------------------------
@@ -447,7 +687,7 @@ type snapshot struct {
 // readPools reads, defaults and validates every pool; invalid pools are
 // skipped with a warning and never used.
 func (m *IPAM) readPools(ctx context.Context) ([]*poolInfo, error) {
-	objs, _, err := datastore.ListObjects[api.IPPool](ctx, m.s, datastore.PoolsPrefix)
+	objs, _, err := datastore.ListObjects[api.IPPool](ctx, m.s, datastore.KindIPPool, datastore.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("ipam: list IP pools: %w", err)
 	}
@@ -455,12 +695,12 @@ func (m *IPAM) readPools(ctx context.Context) ([]*poolInfo, error) {
 	for _, o := range objs {
 		p := o.Value
 		if p.Metadata.Name == "" {
-			p.Metadata.Name = strings.TrimPrefix(o.Key, datastore.PoolsPrefix)
+			p.Metadata.Name = o.Name
 		}
 		p.Default()
 		info, err := usablePool(p)
 		if err != nil {
-			m.warnOnce(o.Key, o.Revision, "ipam: ignoring invalid IP pool; fix it with twill apply -f", "pool", p.Metadata.Name, "err", err)
+			m.warnOnce(string(datastore.KindIPPool)+"/"+o.Name, o.Revision, "ipam: ignoring invalid IP pool; fix it with twill apply -f", "pool", p.Metadata.Name, "err", err)
 			continue
 		}
 		out = append(out, info)
@@ -488,14 +728,15 @@ func usablePool(p api.IPPool) (*poolInfo, error) {
 	return &poolInfo{name: p.Metadata.Name, pool: p, prefix: pfx.Masked(), blockBits: p.Spec.BlockSize, sel: sel}, nil
 }
 
-// warnOnce logs a warning about a stored key once per revision of it.
-func (m *IPAM) warnOnce(key string, rev int64, msg string, args ...any) {
+// warnOnce logs a warning about a stored object once per revision of it.
+func (m *IPAM) warnOnce(key, rev string, msg string, args ...any) {
 	m.mu.Lock()
-	seen := m.warned[key] == rev
+	prev, seen := m.warned[key]
+	seen = seen && prev == rev
 	m.warned[key] = rev
 	m.mu.Unlock()
 	if !seen {
-		m.log.Warn(msg, append(args, "key", key)...)
+		m.log.Warn(msg, append(args, "object", key)...)
 	}
 }
 
@@ -520,7 +761,7 @@ func (m *IPAM) snapshot(ctx context.Context, node string, fresh bool) (*snapshot
 		m.mu.Unlock()
 	}
 	if node != "" && (fresh || !haveLabels || m.stale(le.at, now)) {
-		n, err := datastore.GetObject[api.Node](ctx, m.s, datastore.NodeKey(node))
+		n, err := datastore.GetObject[api.Node](ctx, m.s, datastore.KindNode, node)
 		switch {
 		case errors.Is(err, datastore.ErrNotFound):
 			le = labelEntry{at: now}
@@ -547,7 +788,7 @@ func (m *IPAM) snapshot(ctx context.Context, node string, fresh bool) (*snapshot
 }
 
 func (m *IPAM) readConfig(ctx context.Context) (api.IPAMConfig, error) {
-	o, err := datastore.GetObject[api.IPAMConfig](ctx, m.s, datastore.IPAMConfigKey)
+	o, err := datastore.GetObject[api.IPAMConfig](ctx, m.s, datastore.KindIPAMConfig, datastore.IPAMConfigName)
 	if errors.Is(err, datastore.ErrNotFound) {
 		return api.IPAMConfig{}, nil
 	}
@@ -603,174 +844,17 @@ func poolNames(pools []*poolInfo) []string {
 	return out
 }
 
-// --- writes ----------------------------------------------------------------
-
-// blockWrite is one block's part of a transaction.
-type blockWrite struct {
-	key    string
-	prefix netip.Prefix
-	block  api.Block
-	expect int64 // revision read, or datastore.MustNotExist to create
-	del    bool
-	// affPut is the node whose affinity key is created with the block's
-	// new affinity; affDel the node whose affinity key is removed.
-	affPut       string
-	affDel       string
-	affDelExpect int64
-	// entry is the cached entry the write started from; nil for a create.
-	entry *blockEntry
-}
-
-// handleWrite is the handle's part of a transaction.
-type handleWrite struct {
-	id     string
-	handle api.Handle
-	expect int64
-	del    bool
-}
-
-type writeSet struct {
-	blocks  []*blockWrite
-	handles []*handleWrite
-}
-
-// blockWriteFrom starts a write of the cached block e, with a copy of its
-// allocations.
-func blockWriteFrom(e *blockEntry) *blockWrite {
-	b := e.block
-	b.Allocations = slices.Clone(b.Allocations)
-	return &blockWrite{key: e.key, prefix: e.prefix, block: b, expect: e.rev, entry: e}
-}
-
-// newBlockWrite starts the creation of block p with affinity to node ("" for
-// none).
-func newBlockWrite(p netip.Prefix, node string) *blockWrite {
-	bw := &blockWrite{
-		key:    datastore.BlockKey(p.String()),
-		prefix: p,
-		block: api.Block{
-			TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindBlock},
-			CIDR:     p.String(),
-			Affinity: node,
-		},
-		expect: datastore.MustNotExist,
-		affPut: node,
-	}
-	return bw
-}
-
-// settle marks a block that lost allocations for deletion, with its
-// affinity, when it is now empty and not pinned.
-func (bw *blockWrite) settle() {
-	if len(bw.block.Allocations) == 0 && !bw.block.Pinned && bw.expect != datastore.MustNotExist {
-		bw.del = true
-		if bw.block.Affinity != "" {
-			bw.affDel = bw.block.Affinity
-			// The affinity key changes only together with the block, and
-			// this transaction expects the block's revision, so the
-			// affinity cannot have changed since the block was read.
-			bw.affDelExpect = datastore.AnyRevision
-		}
-	}
-}
-
-func newHandle(id string) api.Handle {
-	return api.Handle{
-		TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindHandle},
-		ID:       id,
-		Blocks:   map[string]int{},
-	}
-}
-
-// commit applies ws in one transaction and records the result in the cache.
-func (m *IPAM) commit(ctx context.Context, ws *writeSet) error {
-	ops := make([]datastore.Op, 0, 2*len(ws.blocks)+1)
-	for _, bw := range ws.blocks {
-		if bw.del {
-			ops = append(ops, datastore.Delete(bw.key, bw.expect))
-		} else {
-			v, err := datastore.Encode(bw.block)
-			if err != nil {
-				return err
-			}
-			ops = append(ops, datastore.Put(bw.key, v, bw.expect))
-		}
-		if bw.affDel != "" {
-			ops = append(ops, datastore.Delete(datastore.AffinityKey(bw.affDel, bw.block.CIDR), bw.affDelExpect))
-		}
-		if bw.affPut != "" {
-			v, err := datastore.Encode(api.BlockAffinity{
-				TypeMeta: api.TypeMeta{APIVersion: api.Version, Kind: api.KindBlockAffinity},
-				Node:     bw.affPut,
-				CIDR:     bw.block.CIDR,
-			})
-			if err != nil {
-				return err
-			}
-			ops = append(ops, datastore.Put(datastore.AffinityKey(bw.affPut, bw.block.CIDR), v, datastore.MustNotExist))
-		}
-	}
-	for _, h := range ws.handles {
-		key := datastore.HandleKey(h.id)
-		if h.del {
-			ops = append(ops, datastore.Delete(key, h.expect))
-		} else {
-			v, err := datastore.Encode(h.handle)
-			if err != nil {
-				return err
-			}
-			ops = append(ops, datastore.Put(key, v, h.expect))
-		}
-	}
-	if len(ops) == 0 {
-		return nil
-	}
-	rev, err := m.s.Txn(ctx, ops...)
-	if err != nil {
-		return fmt.Errorf("ipam: write %s: %w", describe(ws), err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, bw := range ws.blocks {
-		if bw.del {
-			m.dropLocked(bw.prefix.String())
-			continue
-		}
-		m.setLocked(&blockEntry{key: bw.key, prefix: bw.prefix, block: bw.block, rev: rev})
-	}
-	return nil
-}
-
-func describe(ws *writeSet) string {
-	var parts []string
-	for _, bw := range ws.blocks {
-		parts = append(parts, "block "+bw.prefix.String())
-	}
-	for i, h := range ws.handles {
-		if i == 3 {
-			parts = append(parts, fmt.Sprintf("%d more handles", len(ws.handles)-i))
-			break
-		}
-		parts = append(parts, fmt.Sprintf("handle %q", h.id))
-	}
-	return strings.Join(parts, ", ")
-}
-
-// refresh re-reads the blocks of a write set that conflicted.
-func (m *IPAM) refresh(ctx context.Context, ws *writeSet) error {
-	for _, bw := range ws.blocks {
-		if _, err := m.readBlock(ctx, bw.prefix); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // retry runs attempt until it returns anything but a conflict, at most
 // maxAttempts times, sleeping a short random while between attempts.
 func (m *IPAM) retry(ctx context.Context, what string, attempt func(n int) error) error {
+	return m.retryN(ctx, m.maxAttempts, what, attempt)
+}
+
+// retryN is retry with at most attempts attempts.
+func (m *IPAM) retryN(ctx context.Context, attempts int, what string, attempt func(n int) error) error {
+	attempts = max(1, min(attempts, m.maxAttempts))
 	var last error
-	for n := 0; n < m.maxAttempts; n++ {
+	for n := 0; n < attempts; n++ {
 		if n > 0 {
 			d := min(backoffBase<<min(n-1, 8), backoffCap)
 			t := time.NewTimer(rand.N(d) + d/4)
@@ -787,22 +871,11 @@ func (m *IPAM) retry(ctx context.Context, what string, attempt func(n int) error
 		}
 		last = err
 	}
-	return fmt.Errorf("ipam: %s: still conflicting with other writers after %d attempts, try again: %w", what, m.maxAttempts, last)
+	return fmt.Errorf("ipam: %s: still conflicting with other writers after %d attempts, try again: %w", what, attempts, last)
 }
 
-// readHandle reads a handle; a missing handle comes back empty with
-// expectation MustNotExist.
-func (m *IPAM) readHandle(ctx context.Context, id string) (api.Handle, int64, error) {
-	o, err := datastore.GetObject[api.Handle](ctx, m.s, datastore.HandleKey(id))
-	if errors.Is(err, datastore.ErrNotFound) {
-		return newHandle(id), datastore.MustNotExist, nil
-	}
-	if err != nil {
-		return api.Handle{}, 0, fmt.Errorf("ipam: read handle %q: %w", id, err)
-	}
-	h := o.Value
-	if h.Blocks == nil {
-		h.Blocks = map[string]int{}
-	}
-	return h, o.Revision, nil
+// cleanupContext returns a context for writes that must run even though
+// ctx may have ended, bounded by cleanupTimeout.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 }

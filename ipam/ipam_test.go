@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"twill.dev/twill/api"
 	"twill.dev/twill/datastore"
@@ -34,8 +35,8 @@ func TestAllocateAndRelease(t *testing.T) {
 	if got := b.Allocations[0]; got.Handle != "h1" || got.Use != api.UseWorkload || got.Attrs[api.AttrNode] != "n1" {
 		t.Errorf("allocation %+v, want handle h1, use Workload, attrs node=n1", got)
 	}
-	if !exists(t, s, datastore.AffinityKey("n1", block)) {
-		t.Errorf("no affinity for n1 and %s", block)
+	if h := getHandle(t, s, "h1"); h[block] != 1 || len(h) != 1 {
+		t.Errorf("handle h1 counts %v, want 1 in %s", h, block)
 	}
 
 	// Same handle again adds addresses.
@@ -70,15 +71,20 @@ func TestAllocateAndRelease(t *testing.T) {
 	}
 	checkInvariants(t, s)
 
-	// Releasing the last address deletes the block and its affinity.
+	// Releasing the last address keeps the block and its affinity; it is
+	// garbage collection's to reclaim.
 	if _, err := m.ReleaseHandle(ctx, "h2"); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := getBlock(t, s, block); ok {
-		t.Errorf("empty unpinned block %s still exists", block)
+	if b, ok := getBlock(t, s, block); !ok || b.Affinity != "n1" || len(b.Allocations) != 0 {
+		t.Errorf("emptied block %s: %+v (exists %v), want kept, empty, affine to n1", block, b, ok)
 	}
-	if exists(t, s, datastore.AffinityKey("n1", block)) {
-		t.Errorf("affinity of the deleted block %s still exists", block)
+	if h := getHandle(t, s, "h2"); h != nil {
+		t.Errorf("released handle h2 still counts %v", h)
+	}
+	refs, err := m.EmptyBlocks(ctx)
+	if err != nil || len(refs) != 1 || refs[0].CIDR.String() != block || refs[0].Affinity != "n1" || refs[0].Revision == "" {
+		t.Errorf("EmptyBlocks = %+v, %v; want %s of n1", refs, err, block)
 	}
 	checkInvariants(t, s)
 }
@@ -127,15 +133,25 @@ func TestLowestFreeOrdinalFirst(t *testing.T) {
 	checkInvariants(t, s)
 }
 
-func TestCountSpansBlocksAtomically(t *testing.T) {
-	s := datastore.NewFake()
-	putPool(t, s, "pool", "10.3.0.0/24", func(p *api.IPPoolSpec) { p.BlockSize = 28 })
+func TestCountSpansBlocks(t *testing.T) {
+	fake := datastore.NewFake()
+	putPool(t, fake, "pool", "10.3.0.0/24", func(p *api.IPPoolSpec) { p.BlockSize = 28 })
+	s := newHookStore(fake)
 	m := New(s)
 	mustAlloc(t, m, AllocateRequest{Handle: "fill", Node: "n1", Count: 10})
-	txns := s.Txns()
+	writes, hw, bw := fake.Writes(), s.count(datastore.KindHandle), s.count(datastore.KindBlock)
 	got := mustAlloc(t, m, AllocateRequest{Handle: "many", Node: "n1", Count: 30})
-	if s.Txns()-txns != 1 {
-		t.Errorf("allocating 30 addresses over 3 blocks took %d transactions, want 1", s.Txns()-txns)
+	if n := s.count(datastore.KindHandle) - hw; n != 1 {
+		t.Errorf("allocating 30 addresses wrote the handle %d times, want once", n)
+	}
+	if n := s.count(datastore.KindBlock) - bw; n != 3 {
+		t.Errorf("allocating 30 addresses over 3 blocks wrote blocks %d times, want 3", n)
+	}
+	if n := fake.Writes() - writes; n != 4 {
+		t.Errorf("allocating 30 addresses over 3 blocks took %d writes, want 4 (handle, then each block once)", n)
+	}
+	if h := getHandle(t, s, "many"); len(h) != 3 {
+		t.Errorf("handle counts %v, want three blocks", h)
 	}
 	blocks := map[string]int{}
 	for _, a := range got {
@@ -342,8 +358,8 @@ func TestPinBlockSeed(t *testing.T) {
 	if b, ok := getBlock(t, s, block.String()); !ok || b.Affinity != "k8s-master1" || !b.Pinned {
 		t.Errorf("pinned block after release: %+v (exists %v), want kept with its affinity", b, ok)
 	}
-	if !exists(t, s, datastore.AffinityKey("k8s-master1", block.String())) {
-		t.Errorf("pinned block lost its affinity key")
+	if refs, err := m.EmptyBlocks(ctx); err != nil || len(refs) != 0 {
+		t.Errorf("EmptyBlocks lists %+v (%v); a pinned block is never reclaimed", refs, err)
 	}
 	// Pinning again is a no-op; an empty pinned block may move.
 	if err := m.PinBlock(ctx, block, "k8s-master1"); err != nil {
@@ -352,12 +368,15 @@ func TestPinBlockSeed(t *testing.T) {
 	if err := m.PinBlock(ctx, block, "k8s-master2"); err != nil {
 		t.Errorf("re-affine the empty block: %v", err)
 	}
-	if exists(t, s, datastore.AffinityKey("k8s-master1", block.String())) || !exists(t, s, datastore.AffinityKey("k8s-master2", block.String())) {
-		t.Errorf("re-affining did not move the affinity key")
+	if bs, err := m.NodeBlocks(ctx, "k8s-master1"); err != nil || len(bs) != 0 {
+		t.Errorf("k8s-master1 still lists %+v (%v) after the block moved", bs, err)
+	}
+	if bs, err := m.NodeBlocks(ctx, "k8s-master2"); err != nil || len(bs) != 1 || bs[0].CIDR != block.String() {
+		t.Errorf("k8s-master2 lists %+v (%v), want %s", bs, err, block)
 	}
 	checkInvariants(t, s)
 
-	// Unpin, then the block goes away with its last address.
+	// Unpin: emptied, the block is then GC's to reclaim.
 	mustAlloc1(t, m, "p2", "k8s-master2")
 	if err := m.UnpinBlock(ctx, block); err != nil {
 		t.Fatal(err)
@@ -368,8 +387,15 @@ func TestPinBlockSeed(t *testing.T) {
 	if _, err := m.ReleaseHandle(ctx, "p2"); err != nil {
 		t.Fatal(err)
 	}
+	refs, err := m.EmptyBlocks(ctx)
+	if err != nil || len(refs) != 1 || refs[0].CIDR != block {
+		t.Fatalf("EmptyBlocks = %+v, %v; want the unpinned %s", refs, err, block)
+	}
+	if ok, err := m.ReclaimBlock(ctx, refs[0]); err != nil || !ok {
+		t.Fatalf("ReclaimBlock(%s) = %v, %v", block, ok, err)
+	}
 	if _, ok := getBlock(t, s, block.String()); ok {
-		t.Errorf("unpinned block not deleted when emptied")
+		t.Errorf("reclaimed block still exists")
 	}
 	if err := m.UnpinBlock(ctx, block); !errors.Is(err, datastore.ErrNotFound) {
 		t.Errorf("unpin a missing block: %v, want ErrNotFound", err)
@@ -490,48 +516,52 @@ func TestInjectedConflicts(t *testing.T) {
 		t.Errorf("failed writes changed the store")
 	}
 	s.ConflictNext(0)
-	if _, err := m.ReleaseHandle(ctx, "h1"); err != nil {
-		t.Errorf("release after the conflicts stopped: %v", err)
+	if got, err := m.ReleaseHandle(ctx, "h1"); err != nil || !slices.Equal(got, []netip.Addr{a}) {
+		t.Errorf("release after the conflicts stopped: %v, %v", got, err)
 	}
 	checkInvariants(t, s)
 }
 
-func TestUnavailableWritesNothing(t *testing.T) {
-	// A cold IPAM reads several keys before its one transaction: fail each
-	// call in turn and check that the store is untouched each time.
-	for failAt := 1; ; failAt++ {
+func TestUnavailableLeavesNoTrace(t *testing.T) {
+	// A cold IPAM reads several objects, writes the handle, then two
+	// blocks (a claim among them): fail each call in turn and check that
+	// the store ends up as it was, since a failed allocation undoes what
+	// it wrote.
+	for n := 1; ; n++ {
 		fake := datastore.NewFake()
 		putPool(t, fake, "pool", "10.60.0.0/24", func(p *api.IPPoolSpec) { p.BlockSize = 28 })
 		m0 := New(fake)
 		mustAlloc(t, m0, AllocateRequest{Handle: "first", Node: "n1", Count: 10})
 		before := dump(t, fake)
-		fs := &flakyStore{Store: fake, failAt: failAt}
-		m := New(fs)
+		s := newHookStore(fake)
+		hook, calls := failAt(n)
+		s.setHook(hook)
+		m := New(s)
 		_, err := m.Allocate(ctx, AllocateRequest{Handle: "h", Node: "n1", Count: 12}) // spans a claim
 		if err == nil {
-			if failAt == 1 {
+			if n == 1 {
 				t.Fatal("no store call failed")
 			}
-			// Every call, the transaction last, was failed once in the
-			// earlier rounds.
-			if failAt < 4 {
-				t.Fatalf("a cold allocation made only %d store calls; the test no longer reaches the transaction", failAt-1)
+			// Every call was failed once in the earlier rounds.
+			if n < 6 {
+				t.Fatalf("a cold allocation made only %d store calls; the test no longer reaches the block writes", n-1)
 			}
-			t.Logf("failed each of %d store calls in turn", failAt-1)
+			t.Logf("failed each of %d store calls in turn", n-1)
+			checkInvariants(t, fake)
 			break
 		}
 		if !errors.Is(err, datastore.ErrUnavailable) {
-			t.Errorf("call %d failing: %v, want ErrUnavailable", failAt, err)
+			t.Errorf("call %d failing: %v, want ErrUnavailable", n, err)
 		}
 		if after := dump(t, fake); !mapsEqual(before, after) {
-			t.Errorf("call %d failing left a partial write", failAt)
+			t.Errorf("call %d failing left a trace (%d calls made)", n, calls())
 		}
-		if failAt > 50 {
+		if n > 50 {
 			t.Fatal("allocation makes more than 50 store calls")
 		}
 	}
 
-	// Release too.
+	// Release too, and a warm IPAM whose first call is its handle write.
 	fake := datastore.NewFake()
 	putPool(t, fake, "pool", "10.60.0.0/24", nil)
 	m := New(fake)
@@ -541,7 +571,6 @@ func TestUnavailableWritesNothing(t *testing.T) {
 	if _, err := m.ReleaseHandle(ctx, "h"); !errors.Is(err, datastore.ErrUnavailable) {
 		t.Errorf("release while unavailable: %v, want ErrUnavailable", err)
 	}
-	// A warm IPAM allocates with its transaction as first call.
 	fake.Fail(1, errInjected)
 	if _, err := m.Allocate(ctx, AllocateRequest{Handle: "h2", Node: "n1"}); !errors.Is(err, datastore.ErrUnavailable) {
 		t.Errorf("allocate while unavailable: %v, want ErrUnavailable", err)
@@ -644,6 +673,9 @@ func TestClaimBlockAndReleaseNodeAffinities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if bs, err := m.NodeBlocks(ctx, "gone"); err != nil || len(bs) != 4 {
+		t.Fatalf("NodeBlocks(gone) = %d blocks (%v), want 4", len(bs), err)
+	}
 	if err := m.ReleaseNodeAffinities(ctx, "gone"); err != nil {
 		t.Fatal(err)
 	}
@@ -659,13 +691,30 @@ func TestClaimBlockAndReleaseNodeAffinities(t *testing.T) {
 	if b, _ := getBlock(t, s, pinned.String()); b.Affinity != "gone" || !b.Pinned {
 		t.Errorf("pinned block after node deletion: %+v, want kept", b)
 	}
-	checkInvariants(t, s)
-	// The orphaned addresses can still be released; their blocks then go.
-	if _, err := m.ReleaseHandle(ctx, "pod"); err != nil {
-		t.Fatal(err)
+	if bs, err := m.NodeBlocks(ctx, "gone"); err != nil || len(bs) != 1 || bs[0].CIDR != pinned.String() {
+		t.Errorf("NodeBlocks(gone) after release = %+v (%v), want only the pinned block", bs, err)
 	}
-	if n := len(dump(t, s)); n != 3 { // pool, pinned block, its affinity
-		t.Errorf("store holds %d keys after releasing everything: %v", n, dump(t, s))
+	checkInvariants(t, s)
+	// The orphaned addresses can still be released; GC then reclaims their
+	// blocks.
+	slices.SortFunc(used, netip.Addr.Compare)
+	if got, err := m.ReleaseHandle(ctx, "pod"); err != nil || !slices.Equal(got, used) {
+		t.Fatalf("ReleaseHandle(pod) = %v, %v; want %v", got, err, used)
+	}
+	refs, err := m.EmptyBlocks(ctx)
+	if err != nil || len(refs) != 2 {
+		t.Fatalf("EmptyBlocks = %+v, %v; want the two emptied blocks", refs, err)
+	}
+	for _, r := range refs {
+		if r.Affinity != "" {
+			t.Errorf("empty block %s has affinity %q", r.CIDR, r.Affinity)
+		}
+		if ok, err := m.ReclaimBlock(ctx, r); err != nil || !ok {
+			t.Errorf("ReclaimBlock(%s) = %v, %v", r.CIDR, ok, err)
+		}
+	}
+	if d := dump(t, s); len(d) != 2 { // pool, pinned block
+		t.Errorf("store holds %d objects after releasing everything: %v", len(d), d)
 	}
 	checkInvariants(t, s)
 }
@@ -716,23 +765,19 @@ func TestIPv6(t *testing.T) {
 	checkInvariants(t, s)
 }
 
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
-}
-
-func TestConcurrentAllocationsForOneNode(t *testing.T) {
-	s := datastore.NewFake()
-	putPool(t, s, "pool", "10.110.0.0/24", func(p *api.IPPoolSpec) { p.BlockSize = 28 })
+// TestGroupCommit queues 64 concurrent allocations for one node behind the
+// node's lock, then lets them run: they are merged into two batches of 32,
+// each writing every handle once and each block it uses once.
+func TestGroupCommit(t *testing.T) {
+	fake := datastore.NewFake()
+	putPool(t, fake, "pool", "10.110.0.0/24", func(p *api.IPPoolSpec) { p.BlockSize = 28 })
+	s := newHookStore(fake)
 	m := New(s)
 	const n = 64
+	q := m.queue("n1")
+	if err := q.lock(ctx); err != nil {
+		t.Fatal(err)
+	}
 	got := make([][]netip.Addr, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -741,8 +786,23 @@ func TestConcurrentAllocationsForOneNode(t *testing.T) {
 			got[i], errs[i] = m.Allocate(ctx, AllocateRequest{Handle: fmt.Sprintf("pod-%d", i), Node: "n1", Count: 1 + i%3})
 		})
 	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		q.mu.Lock()
+		queued := len(q.pending)
+		q.mu.Unlock()
+		if queued == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d allocations queued within 10s", queued, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	q.unlock()
 	wg.Wait()
 	seen := map[netip.Addr]int{}
+	blocks := map[string]bool{}
 	for i := range n {
 		if errs[i] != nil {
 			t.Fatalf("pod-%d: %v", i, errs[i])
@@ -755,12 +815,21 @@ func TestConcurrentAllocationsForOneNode(t *testing.T) {
 				t.Fatalf("%s handed to pod-%d and pod-%d", a, j, i)
 			}
 			seen[a] = i
+			blocks[blockOf(a, 28)] = true
 		}
 		if held, _ := m.HandleAddrs(ctx, fmt.Sprintf("pod-%d", i)); !slices.Equal(held, slices.SortedFunc(slices.Values(got[i]), netip.Addr.Compare)) {
 			t.Errorf("pod-%d holds %v, was given %v", i, held, got[i])
 		}
 	}
-	t.Logf("%d allocations in %d transactions", n, s.Txns())
+	hw, bw := s.count(datastore.KindHandle), s.count(datastore.KindBlock)
+	t.Logf("%d allocations (%d addresses in %d blocks): %d handle writes, %d block writes, %d writes in all", n, len(seen), len(blocks), hw, bw, fake.Writes())
+	if hw != n {
+		t.Errorf("%d handle writes, want one per allocation (%d)", hw, n)
+	}
+	// Two batches; only a block shared by both is written twice.
+	if bw > len(blocks)+1 {
+		t.Errorf("%d block writes for %d blocks in two batches, want at most %d", bw, len(blocks), len(blocks)+1)
+	}
 	checkInvariants(t, s)
 }
 
@@ -813,7 +882,7 @@ func TestAllocateCancelled(t *testing.T) {
 func TestInvalidPoolIgnoredAndReportedOnce(t *testing.T) {
 	s := datastore.NewFake()
 	bad := api.IPPool{Metadata: api.ObjectMeta{Name: "a-bad"}, Spec: api.IPPoolSpec{CIDR: "10.140.0.0/24", BlockSize: 10}}
-	put(t, s, datastore.PoolKey("a-bad"), bad)
+	put(t, s, datastore.KindIPPool, "a-bad", bad)
 	putPool(t, s, "b-good", "10.141.0.0/24", nil)
 	var logs strings.Builder
 	m := New(s, WithCacheTTL(0), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))

@@ -44,17 +44,21 @@ type PoolUsage struct {
 	Blocks []BlockUsage
 }
 
-// HandleAddrs reads afresh the addresses handle holds, in address order; a
-// handle that does not exist holds none.
+// HandleAddrs reads afresh the addresses handle holds, in address order.
+// It trusts the handle as an index: it reads the blocks the handle names
+// and returns the allocations there that carry handle. A handle that does
+// not exist holds none. (Only a handle deleted or edited behind IPAM's back
+// can under-count; ReleaseHandle scans all blocks in that case, HandleAddrs
+// does not, so that it stays cheap on every pod start.)
 func (m *IPAM) HandleAddrs(ctx context.Context, handle string) ([]netip.Addr, error) {
-	h, hexp, err := m.readHandle(ctx, handle)
-	if err != nil || hexp == datastore.MustNotExist {
+	h, _, found, err := m.readHandle(ctx, handle)
+	if err != nil || !found {
 		return nil, err
 	}
 	var out []netip.Addr
 	for _, c := range slices.Sorted(maps.Keys(h.Blocks)) {
 		p, err := netip.ParsePrefix(c)
-		if err != nil {
+		if err != nil || blockSize(p.Masked()) == 0 {
 			continue
 		}
 		e, err := m.readBlock(ctx, p.Masked())
@@ -74,16 +78,6 @@ func (m *IPAM) HandleAddrs(ctx context.Context, handle string) ([]netip.Addr, er
 	return out, nil
 }
 
-// allBlocks lists every block afresh, in address order.
-func (m *IPAM) allBlocks(ctx context.Context) ([]*blockEntry, error) {
-	if err := m.loadAll(ctx); err != nil {
-		return nil, err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.sortedLocked(), nil
-}
-
 func infos(e *blockEntry, keep func(api.Allocation) bool) []AllocationInfo {
 	var out []AllocationInfo
 	for _, a := range e.block.Allocations {
@@ -98,6 +92,26 @@ func infos(e *blockEntry, keep func(api.Allocation) bool) []AllocationInfo {
 		}
 	}
 	return out
+}
+
+// allBlocks lists every block afresh, in address order.
+func (m *IPAM) allBlocks(ctx context.Context) ([]*blockEntry, error) {
+	return m.loadAll(ctx)
+}
+
+// AllAllocations lists afresh every allocated address, in address order,
+// with its handle, use, attributes (namespace, pod, node...) and block:
+// what a garbage collector compares with the pods and nodes that exist.
+func (m *IPAM) AllAllocations(ctx context.Context) ([]AllocationInfo, error) {
+	blocks, err := m.allBlocks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []AllocationInfo
+	for _, e := range blocks {
+		out = append(out, infos(e, func(api.Allocation) bool { return true })...)
+	}
+	return out, nil
 }
 
 // Allocations lists every address allocated for node (Attrs["node"] ==
@@ -119,7 +133,7 @@ func (m *IPAM) Allocations(ctx context.Context, node string) ([]AllocationInfo, 
 // order. A pool that does not exist gives an error matching
 // datastore.ErrNotFound.
 func (m *IPAM) PoolAllocations(ctx context.Context, pool string) ([]AllocationInfo, error) {
-	o, err := datastore.GetObject[api.IPPool](ctx, m.s, datastore.PoolKey(pool))
+	o, err := datastore.GetObject[api.IPPool](ctx, m.s, datastore.KindIPPool, pool)
 	if errors.Is(err, datastore.ErrNotFound) {
 		return nil, fmt.Errorf("ipam: IP pool %q does not exist: %w", pool, err)
 	}

@@ -3,23 +3,25 @@ package ipam
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 )
 
 // maxBatch bounds how many concurrent requests for one node are merged into
-// one transaction (etcd allows 128 operations per transaction; a batch
-// writes one handle per request plus its blocks).
+// one batch (a batch writes one handle per request, in parallel, then its
+// blocks).
 const maxBatch = 32
 
 // nodeQueue serialises one IPAM's writes for one node and merges
-// concurrent allocations for that node into one transaction (group commit):
+// concurrent allocations for that node into one batch (group commit):
 // whoever holds the node's lock takes every compatible waiting request
 // along with its own. Since allocations for one node all contend for the
-// same blocks, doing them one transaction at a time costs nothing in
-// parallelism, and batching turns a burst of pod starts into a few
-// transactions.
+// same blocks, doing them one batch at a time costs little parallelism,
+// and batching turns a burst of pod starts into one write per handle and a
+// few block writes.
 type nodeQueue struct {
 	sem     chan struct{} // capacity 1: the node's write lock
 	mu      sync.Mutex
@@ -32,6 +34,7 @@ type nodeQueue struct {
 type call struct {
 	ctx   context.Context
 	req   AllocateRequest
+	start time.Time
 	taken bool // guarded by nodeQueue.mu
 	done  chan struct{}
 	addrs []netip.Addr
@@ -55,7 +58,7 @@ func (q *nodeQueue) unlock() { <-q.sem }
 // includes it.
 func (m *IPAM) allocateQueued(ctx context.Context, req AllocateRequest) ([]netip.Addr, error) {
 	q := m.queue(req.Node)
-	c := &call{ctx: ctx, req: req, done: make(chan struct{})}
+	c := &call{ctx: ctx, req: req, start: time.Now(), done: make(chan struct{})}
 	q.mu.Lock()
 	q.pending = append(q.pending, c)
 	q.mu.Unlock()
@@ -76,7 +79,7 @@ func (m *IPAM) allocateQueued(ctx context.Context, req AllocateRequest) ([]netip
 				q.pending = slices.DeleteFunc(q.pending, func(x *call) bool { return x == c })
 				q.mu.Unlock()
 				q.unlock()
-				return nil, ctx.Err()
+				return nil, fmt.Errorf("ipam: allocate for node %s, handle %q: %w", req.Node, req.Handle, ctx.Err())
 			}
 			m.lead(ctx, q, c)
 			q.unlock()
@@ -85,10 +88,10 @@ func (m *IPAM) allocateQueued(ctx context.Context, req AllocateRequest) ([]netip
 			if !c.taken {
 				q.pending = slices.DeleteFunc(q.pending, func(x *call) bool { return x == c })
 				q.mu.Unlock()
-				return nil, ctx.Err()
+				return nil, fmt.Errorf("ipam: allocate for node %s, handle %q: %w", req.Node, req.Handle, ctx.Err())
 			}
 			q.mu.Unlock()
-			<-c.done // in a batch already: its transaction decides
+			<-c.done // in a batch already: its batch decides
 			return c.addrs, c.err
 		}
 	}
@@ -123,7 +126,7 @@ func (m *IPAM) lead(ctx context.Context, q *nodeQueue, own *call) {
 	q.mu.Unlock()
 
 	if len(batch) == 1 {
-		own.addrs, own.err = m.allocateOne(ctx, own.req)
+		own.addrs, own.err = m.allocateOne(ctx, own.req, own.start)
 		close(own.done)
 		return
 	}
@@ -131,25 +134,30 @@ func (m *IPAM) lead(ctx context.Context, q *nodeQueue, own *call) {
 	// by this caller's context. The store bounds every call with its own
 	// timeout and the retries are bounded.
 	bctx := context.WithoutCancel(ctx)
-	reqs := make([]AllocateRequest, len(batch))
+	states := make([]*reqState, len(batch))
 	for i, c := range batch {
-		reqs[i] = c.req
+		states[i] = newState(c.req, c.start)
 	}
-	out, err := m.allocateMany(bctx, reqs)
-	if exh := (*ExhaustedError)(nil); errors.As(err, &exh) {
-		// Not all fit: give each request its own answer.
-		for _, c := range batch {
-			c.addrs, c.err = m.allocateOne(bctx, c.req)
+	err := m.allocateMany(bctx, states)
+	var exh *ExhaustedError
+	alone := errors.As(err, &exh)
+	// Calls that got all their addresses are done, whatever happened to
+	// the others.
+	for i, c := range batch {
+		if states[i].need() == 0 || !alone {
+			c.addrs, c.err = m.settle(bctx, states[i], err)
 			close(c.done)
 		}
+	}
+	if !alone {
 		return
 	}
+	// Not all fit: undo the partial ones, then give each its own answer.
 	for i, c := range batch {
-		if err != nil {
-			c.err = err
-		} else {
-			c.addrs = out[i]
+		if states[i].need() > 0 {
+			m.settle(bctx, states[i], err)
+			c.addrs, c.err = m.allocateOne(bctx, c.req, c.start)
+			close(c.done)
 		}
-		close(c.done)
 	}
 }

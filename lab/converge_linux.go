@@ -25,10 +25,10 @@ type snapshot struct {
 	workloads []api.WorkloadEndpoint
 }
 
-func listValues[T any](ctx context.Context, s datastore.Store, prefix string) ([]T, error) {
-	objs, _, err := datastore.ListObjects[T](ctx, s, prefix)
+func listValues[T any](ctx context.Context, s datastore.Store, kind datastore.Kind) ([]T, error) {
+	objs, _, err := datastore.ListObjects[T](ctx, s, kind, datastore.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", prefix, err)
+		return nil, fmt.Errorf("read %s: %w", kind, err)
 	}
 	out := make([]T, 0, len(objs))
 	for _, o := range objs {
@@ -40,16 +40,16 @@ func listValues[T any](ctx context.Context, s datastore.Store, prefix string) ([
 func readSnapshot(ctx context.Context, s datastore.Store) (*snapshot, error) {
 	var sn snapshot
 	var err error
-	if sn.nodes, err = listValues[api.Node](ctx, s, datastore.NodesPrefix); err != nil {
+	if sn.nodes, err = listValues[api.Node](ctx, s, datastore.KindNode); err != nil {
 		return nil, err
 	}
-	if sn.pools, err = listValues[api.IPPool](ctx, s, datastore.PoolsPrefix); err != nil {
+	if sn.pools, err = listValues[api.IPPool](ctx, s, datastore.KindIPPool); err != nil {
 		return nil, err
 	}
-	if sn.blocks, err = listValues[api.Block](ctx, s, datastore.BlocksPrefix); err != nil {
+	if sn.blocks, err = listValues[api.Block](ctx, s, datastore.KindBlock); err != nil {
 		return nil, err
 	}
-	if sn.workloads, err = listValues[api.WorkloadEndpoint](ctx, s, datastore.WorkloadsPrefix); err != nil {
+	if sn.workloads, err = listValues[api.WorkloadEndpoint](ctx, s, datastore.KindWorkload); err != nil {
 		return nil, err
 	}
 	for i := range sn.pools {

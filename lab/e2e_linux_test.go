@@ -148,6 +148,14 @@ func TestEndToEndSeed(t *testing.T) {
 	if st.Etcd == nil || !st.Etcd.Alive || len(st.Pods) != 13 {
 		t.Errorf("status: etcd %+v, %d pods", st.Etcd, len(st.Pods))
 	}
+	if want := "etcd at " + st.EtcdURL; st.Datastore != want {
+		t.Errorf("status: datastore %q; want %q", st.Datastore, want)
+	}
+	var statusText bytes.Buffer
+	st.WriteText(&statusText)
+	if !strings.Contains(statusText.String(), "Datastore: etcd at "+st.EtcdURL) {
+		t.Errorf("status text does not say which datastore the lab runs:\n%s", statusText.String())
+	}
 	for _, m := range st.Members {
 		if m.Agent == nil || !m.Agent.Alive || !m.Ready {
 			t.Errorf("status: %s agent %+v ready %v (%s)", m.Name, m.Agent, m.Ready, m.Reason)
@@ -403,6 +411,7 @@ func runExplain(ctx context.Context, t *testing.T, twill string, opts Options, s
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, twill, "explain", src, dst, "-o", "json", "--live",
+		"--datastore", st.DatastoreType(),
 		"--etcd-endpoints", st.Etcd,
 		"--lab-state-dir", opts.StateDir,
 		"--vxlan-device", l.VXLAN.Device,

@@ -25,7 +25,7 @@ import (
 	"twill.dev/twill/api"
 	"twill.dev/twill/dataplane"
 	"twill.dev/twill/datastore"
-	"twill.dev/twill/datastore/etcd"
+	"twill.dev/twill/datastore/open"
 	"twill.dev/twill/internal/nettest"
 )
 
@@ -323,17 +323,17 @@ func innerArrivals(t *testing.T, c *capture, src netip.Addr, id uint16, want int
 func setNATOutgoing(t *testing.T, s datastore.Store, on bool) {
 	t.Helper()
 	ctx := context.Background()
-	key := datastore.PoolKey(fwPool)
-	o, err := datastore.GetObject[api.IPPool](ctx, s, key)
+	o, err := datastore.GetObject[api.IPPool](ctx, s, datastore.KindIPPool, fwPool)
 	if err != nil {
 		t.Fatal(err)
 	}
 	o.Value.Spec.NATOutgoing = on
-	b, err := datastore.Encode(o.Value)
+	kv, err := datastore.NewKV(datastore.KindIPPool, fwPool, o.Value)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Txn(ctx, datastore.Put(key, b, o.Revision)); err != nil {
+	kv.Labels, kv.Revision = o.Labels, o.Revision
+	if _, err := s.Update(ctx, kv); err != nil {
 		t.Fatalf("set natOutgoing=%t on pool %s: %v", on, fwPool, err)
 	}
 }
@@ -403,7 +403,11 @@ func TestFirewallEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := etcd.New(ctx, etcd.Config{Endpoints: []string{st.Etcd}, DialTimeout: 5 * time.Second})
+	cfg, ok := st.StoreConfig()
+	if !ok {
+		t.Fatal("the lab state records no datastore")
+	}
+	store, err := open.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"twill.dev/twill/agentapi"
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/datastore/etcd"
+	"twill.dev/twill/datastore/open"
 	"twill.dev/twill/ipam"
 )
 
@@ -31,7 +32,7 @@ type run struct {
 	layout   *Layout
 	state    *State
 	exe      string
-	store    *etcd.Store
+	store    datastore.Store
 	children map[string]*child
 }
 
@@ -186,6 +187,7 @@ func (r *run) startDatastore(ctx context.Context) error {
 		return fmt.Errorf("clear %s: %w", dataDir, err)
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d", cport)
+	r.state.Datastore = open.TypeEtcd
 	args := []string{"datastore", "run", "--data-dir", dataDir, "--listen-client-url", url,
 		"--listen-peer-url", fmt.Sprintf("http://127.0.0.1:%d", pport)}
 	c, err := startChild(r.exe, "etcd", args, filepath.Join(o.StateDir, "etcd.log"), r.recordFile, r.recordProc)
@@ -204,7 +206,7 @@ func (r *run) startDatastore(ctx context.Context) error {
 		if done, err := c.exited(); done {
 			return fmt.Errorf("etcd exited (%v); its log %s ends:\n%s", err, c.rec.Log, logTail(c.rec.Log, 15))
 		}
-		s, err := etcd.New(ctx, etcd.Config{Endpoints: []string{url}, DialTimeout: 2 * time.Second})
+		s, err := open.Open(ctx, open.Config{Type: open.TypeEtcd, Etcd: etcd.Config{Endpoints: []string{url}, DialTimeout: 2 * time.Second}})
 		if err == nil {
 			r.store = s
 			break
@@ -218,18 +220,14 @@ func (r *run) startDatastore(ctx context.Context) error {
 		time.Sleep(300 * time.Millisecond)
 	}
 
-	var ops []datastore.Op
 	for _, p := range r.layout.Pools {
-		b, err := datastore.Encode(p)
+		kv, err := datastore.NewKV(datastore.KindIPPool, p.Metadata.Name, p)
 		if err != nil {
 			return err
 		}
-		ops = append(ops, datastore.Put(datastore.PoolKey(p.Metadata.Name), b, datastore.MustNotExist))
-	}
-	if _, err := r.store.Txn(ctx, ops...); err != nil {
-		return fmt.Errorf("apply the pools: %w", err)
-	}
-	for _, p := range r.layout.Pools {
+		if _, err := r.store.Create(ctx, kv); err != nil {
+			return fmt.Errorf("apply pool %s: %w", p.Metadata.Name, err)
+		}
 		o.progress("pool %s %s: blockSize %d, vxlanMode %s, natOutgoing %t", p.Metadata.Name, p.Spec.CIDR, p.Spec.BlockSize, p.Spec.VXLANMode, p.Spec.NATOutgoing)
 	}
 	m := ipam.New(r.store)
@@ -262,6 +260,7 @@ func (r *run) startAgents(ctx context.Context) error {
 			"--netns", NetnsPath(m.Netns),
 			"--socket", sock,
 			"--health-addr=",
+			"--datastore", r.state.DatastoreType(),
 			"--etcd-endpoints", r.state.Etcd,
 			"--log-level", r.opts.AgentLogLevel,
 			"--vxlan-device", r.layout.VXLAN.Device,
@@ -454,7 +453,10 @@ func Status(ctx context.Context, opts Options) (*StatusReport, error) {
 		return nil, err
 	}
 	s := &StatusReport{Topology: st.Topology, Prefix: st.Prefix, Phase: st.Phase, Until: st.Until, Started: st.Started,
-		UpPID: st.UpPID, EtcdURL: st.Etcd, Router: l.Router, RouterOK: netnsExists(l.Router), Pods: st.Pods, PodsPlanned: len(l.Pods)}
+		UpPID: st.UpPID, Datastore: "none (stage network)", EtcdURL: st.Etcd, Router: l.Router, RouterOK: netnsExists(l.Router), Pods: st.Pods, PodsPlanned: len(l.Pods)}
+	if st.Until.includes(StageDatastore) {
+		s.Datastore = st.DatastoreDescription()
+	}
 	if state, _, err := procStat(st.UpPID); err == nil && state != 'Z' && st.UpPID != os.Getpid() {
 		s.UpRunning = true
 	}

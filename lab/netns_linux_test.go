@@ -302,7 +302,7 @@ func TestNetworkSeed(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Status: %v", err)
 	}
-	if !st.RouterOK || len(st.Members) != 4 || st.Phase != PhaseUp || st.Etcd != nil {
+	if !st.RouterOK || len(st.Members) != 4 || st.Phase != PhaseUp || st.Etcd != nil || st.Datastore != "none (stage network)" {
 		t.Errorf("Status = %+v", st)
 	}
 	for _, m := range st.Members {

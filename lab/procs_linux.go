@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"twill.dev/twill/datastore/open"
 )
 
 // lockFile holds the lab lock: an exclusive flock on StateDir/lock, held
@@ -146,12 +148,13 @@ func (c *child) exited() (bool, error) {
 }
 
 // childEnv is the environment of child processes: the caller's, without
-// the etcd client settings, which would point the children at another
-// datastore or at TLS files the lab's etcd does not use.
+// the datastore selection and the etcd client settings, which would point
+// the children at another datastore or at TLS files the lab's etcd does
+// not use.
 func childEnv() []string {
 	var env []string
 	for _, e := range os.Environ() {
-		if strings.HasPrefix(e, "TWILL_ETCD_") {
+		if strings.HasPrefix(e, "TWILL_ETCD_") || strings.HasPrefix(e, open.EnvType+"=") || strings.HasPrefix(e, open.EnvCalicoType+"=") {
 			continue
 		}
 		env = append(env, e)

@@ -12,7 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"twill.dev/twill/datastore/etcd"
+	"twill.dev/twill/datastore/open"
 	"twill.dev/twill/plan"
 )
 
@@ -40,8 +40,10 @@ func Report(ctx context.Context, opts Options) (*LabReport, error) {
 	r := &LabReport{Topology: st.Topology}
 
 	var sn *snapshot
-	if st.Etcd != "" {
-		s, err := etcd.New(ctx, etcd.Config{Endpoints: []string{st.Etcd}, DialTimeout: 3 * time.Second})
+	cfg, hasStore := st.StoreConfig()
+	if hasStore {
+		cfg.Etcd.DialTimeout, cfg.KubeTimeout = 3*time.Second, 3*time.Second
+		s, err := open.Open(ctx, cfg)
 		if err != nil {
 			r.Notes = append(r.Notes, fmt.Sprintf("the datastore does not answer (%v): planned paths are unknown", err))
 		} else {
@@ -62,7 +64,7 @@ func Report(ctx context.Context, opts Options) (*LabReport, error) {
 		}
 	}
 	for _, m := range l.Nodes() {
-		if st.Etcd != "" {
+		if hasStore {
 			v, err := kernelVTEP(m.Netns, m.Name, l.VXLAN.Device)
 			if err != nil {
 				r.Notes = append(r.Notes, fmt.Sprintf("%s: read the VTEP: %v", m.Name, err))

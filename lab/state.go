@@ -9,6 +9,9 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"twill.dev/twill/datastore/etcd"
+	"twill.dev/twill/datastore/open"
 )
 
 // DefaultStateDir holds the lab's state file, lock, logs and agent sockets.
@@ -67,9 +70,15 @@ type State struct {
 	// Files and Dirs are paths the lab created.
 	Files []string `json:"files,omitempty"`
 	Dirs  []string `json:"dirs,omitempty"`
-	// Etcd is the datastore's client URL.
-	Etcd string     `json:"etcd,omitempty"`
-	Pods []PodState `json:"pods,omitempty"`
+	// Datastore is the kind of datastore the lab runs, open.TypeEtcd or
+	// open.TypeKubernetes; state files written before it was recorded
+	// have none and ran etcd.
+	Datastore string `json:"datastore,omitempty"`
+	// Etcd is the etcd datastore's client URL.
+	Etcd string `json:"etcd,omitempty"`
+	// Kubeconfig is the kubeconfig file of a kubernetes datastore.
+	Kubeconfig string     `json:"kubeconfig,omitempty"`
+	Pods       []PodState `json:"pods,omitempty"`
 }
 
 // Process is one child process of the lab.
@@ -106,6 +115,42 @@ func (s *State) process(name string) (Process, bool) {
 		return Process{}, false
 	}
 	return s.Processes[i], true
+}
+
+// DatastoreType is the lab's datastore type: Datastore, or open.TypeEtcd
+// for state files that do not record it.
+func (s *State) DatastoreType() string {
+	if s.Datastore == "" {
+		return open.TypeEtcd
+	}
+	return s.Datastore
+}
+
+// StoreConfig is how to open the lab's datastore; false while the lab has
+// none (it was built to the network stage, or the datastore has not
+// started yet).
+func (s *State) StoreConfig() (open.Config, bool) {
+	switch s.DatastoreType() {
+	case open.TypeEtcd:
+		if s.Etcd == "" {
+			return open.Config{}, false
+		}
+		return open.Config{Type: open.TypeEtcd, Etcd: etcd.Config{Endpoints: []string{s.Etcd}}}, true
+	case open.TypeKubernetes:
+		if s.Kubeconfig == "" {
+			return open.Config{}, false
+		}
+		return open.Config{Type: open.TypeKubernetes, Kubeconfig: s.Kubeconfig}, true
+	}
+	return open.Config{}, false
+}
+
+// DatastoreDescription says where the lab's datastore is, for messages.
+func (s *State) DatastoreDescription() string {
+	if cfg, ok := s.StoreConfig(); ok {
+		return cfg.Describe()
+	}
+	return s.DatastoreType() + " (not started)"
 }
 
 // Layout derives the lab's layout from the recorded topology.

@@ -40,6 +40,9 @@ type StatusReport struct {
 	// UpRunning reports whether the `up` process still runs (it exits
 	// once the lab is up).
 	UpRunning bool
+	// Datastore says which datastore the lab runs and where, e.g.
+	// "etcd at http://127.0.0.1:PORT".
+	Datastore string
 	Etcd      *ProcessStatus
 	EtcdURL   string
 	Router    string
@@ -57,6 +60,9 @@ func (s *StatusReport) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "`up` still running: pid %d\n", s.UpPID)
 	}
 	fmt.Fprintf(w, "Router: namespace %s %s\n", s.Router, present(s.RouterOK))
+	if s.Datastore != "" {
+		fmt.Fprintf(w, "Datastore: %s\n", s.Datastore)
+	}
 	if s.Etcd != nil {
 		fmt.Fprintf(w, "etcd:   %s pid %d %s (log %s)\n", s.EtcdURL, s.Etcd.PID, alive(s.Etcd.Alive), s.Etcd.Log)
 	}

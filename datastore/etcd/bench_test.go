@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/datastore/etcd"
 	"twill.dev/twill/datastore/etcdtest"
@@ -30,24 +32,34 @@ func BenchmarkRawTxn(b *testing.B) {
 }
 
 func TestRawTxnRate(t *testing.T) {
-	f := datastore.NewFake()
-	rate, err := etcd.RawTxnRate(context.Background(), f, 250)
+	s := etcdtest.Connect(t, etcdtest.Start(t), etcd.Config{})
+	ctx := testCtx(t)
+	before, err := s.Client().Get(ctx, "", clientv3.WithFromKey(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rate, err := etcd.RawTxnRate(ctx, s, 50)
 	if err != nil || rate <= 0 {
 		t.Fatalf("RawTxnRate = %v, %v; want a positive rate", rate, err)
 	}
-	// 250 creates plus cleanup in batches of at most 100 deletes.
-	if got := f.Txns(); got != 250+3 {
-		t.Errorf("RawTxnRate made %d transactions; want 250 creates and 3 cleanup batches", got)
+	// 50 creates and one cleanup delete, each its own revision.
+	left, err := s.Client().Get(ctx, etcd.RawTxnPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || left.Count != 0 {
+		t.Fatalf("RawTxnRate left keys under %s: %v, %v", etcd.RawTxnPrefix, left, err)
 	}
-	kvs, _, err := f.List(context.Background(), etcd.RawTxnPrefix)
-	if err != nil || len(kvs) != 0 {
-		t.Errorf("RawTxnRate left %d keys under %s (%v); want none", len(kvs), etcd.RawTxnPrefix, err)
+	if got := left.Header.Revision - before.Header.Revision; got != 51 {
+		t.Errorf("RawTxnRate moved the revision by %d; want 50 one-key creates and 1 cleanup", got)
 	}
-	if _, err := etcd.RawTxnRate(context.Background(), f, 0); err == nil {
+
+	if _, err := etcd.RawTxnRate(ctx, s, 0); err == nil {
 		t.Error("RawTxnRate with n=0 succeeded; want an error")
 	}
-	f.Fail(1, datastore.ErrUnavailable)
-	if _, err := etcd.RawTxnRate(context.Background(), f, 5); !errors.Is(err, datastore.ErrUnavailable) || !strings.Contains(err.Error(), "transaction 1 of 5") {
-		t.Errorf("RawTxnRate on a failing store = %v; want ErrUnavailable at transaction 1", err)
+	if _, err := etcd.RawTxnRate(ctx, datastore.NewFake(), 5); err == nil || !strings.Contains(err.Error(), "etcd store") {
+		t.Errorf("RawTxnRate on a Fake = %v; want an error asking for an etcd store", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := etcd.RawTxnRate(cctx, s, 5); !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "transaction 1 of 5") {
+		t.Errorf("RawTxnRate with a cancelled context = %v; want context.Canceled at transaction 1", err)
 	}
 }

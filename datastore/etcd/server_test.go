@@ -100,7 +100,7 @@ func TestServerLifecycle(t *testing.T) {
 		t.Fatalf("Endpoint() = %s; want %s", srv.Endpoint(), cfg.ListenClientURL)
 	}
 	s := etcdtest.Connect(t, srv.Endpoint(), etcd.Config{})
-	rev, err := s.Txn(testCtx(t), datastore.Put("/t/persist", []byte("v"), datastore.MustNotExist))
+	created, err := s.Create(testCtx(t), datastore.KV{Kind: datastore.KindHandle, Name: "persist", Value: []byte(`"v"`)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,9 +134,9 @@ func TestServerLifecycle(t *testing.T) {
 	}
 	t.Cleanup(func() { srv2.Close() })
 	s2 := etcdtest.Connect(t, srv2.Endpoint(), etcd.Config{})
-	kv, err := s2.Get(testCtx(t), "/t/persist")
-	if err != nil || string(kv.Value) != "v" || kv.Revision != rev {
-		t.Fatalf("after restart Get = %+v, %v; want v at revision %d", kv, err, rev)
+	kv, err := s2.Get(testCtx(t), datastore.KindHandle, "persist")
+	if err != nil || string(kv.Value) != `"v"` || kv.Revision != created.Revision {
+		t.Fatalf("after restart Get = %+v, %v; want \"v\" at revision %s", kv, err, created.Revision)
 	}
 }
 

@@ -1,6 +1,36 @@
 // Package etcd implements datastore.Store on etcd v3 and runs an embedded
 // etcd server for "twill datastore run" and for tests.
 //
+// # Layout
+//
+// Every object is one etcd key,
+//
+//	/twill/v1/<kind>/<name>
+//
+// where <kind> is the datastore.Kind (ippools, nodes, ipamconfigs,
+// ipamblocks, ipamhandles, workloadendpoints) and <name> is the object's
+// name escaped with datastore.EscapeSegment ('%' becomes %25, '/' becomes
+// %2F), so that each kind is exactly the keys under the prefix
+// /twill/v1/<kind>/. The key's value is a JSON envelope that carries the
+// object's labels next to its document:
+//
+//	{"labels":{"twill.dev/node":"node-1"},"value":{"apiVersion":"twill.dev/v1",...}}
+//
+// ("labels" is left out when there are none; "value" holds the document
+// exactly as written). An object's revision is its key's ModRevision as a
+// decimal string; a List's revision is the header revision of its first
+// page, and a Watch of a kind from revision r watches the kind's prefix
+// from etcd revision r+1.
+//
+// Every write is a transaction on one key: Create puts if the key's
+// CreateRevision is 0; Update and Delete with an expected revision apply
+// if the key's ModRevision equals it, and without one if the key exists
+// (CreateRevision > 0). A failed transaction reads the key in its else
+// branch, which tells a missing object (datastore.ErrNotFound) from a
+// changed one (datastore.ErrConflict). Labels are matched client-side.
+//
+// # Errors
+//
 // Every request carries a bounded timeout. Errors are mapped onto the
 // datastore sentinels: a request that etcd did not answer in time wraps
 // datastore.ErrUnavailable and names the endpoints, a failed
@@ -14,11 +44,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,7 +66,13 @@ import (
 	"twill.dev/twill/datastore"
 )
 
-var _ datastore.Store = (*Store)(nil)
+var (
+	_ datastore.Store = (*Store)(nil)
+	_ datastore.Pager = (*Store)(nil)
+)
+
+// Prefix is the key prefix under which every Twill object is stored.
+const Prefix = "/twill/v1/"
 
 // Defaults applied by New to a zero Config.
 const (
@@ -66,8 +105,9 @@ type Config struct {
 	CAFile, CertFile, KeyFile string
 	// DialTimeout bounds the reachability check in New (default 5s).
 	DialTimeout time.Duration
-	// RequestTimeout bounds every Get, List and Txn, and how long a watch
-	// tolerates a lost connection (default 10s).
+	// RequestTimeout bounds every request (a Get, each List page, each
+	// write), and how long a watch tolerates a lost connection (default
+	// 10s).
 	RequestTimeout time.Duration
 }
 
@@ -158,7 +198,8 @@ func (cfg Config) tlsConfig() (*tls.Config, error) {
 	return tc, nil
 }
 
-// Store is a datastore.Store backed by an etcd v3 cluster.
+// Store is a datastore.Store backed by an etcd v3 cluster, in the layout
+// the package documentation describes.
 type Store struct {
 	cli       *clientv3.Client
 	endpoints string
@@ -189,7 +230,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	s := &Store{cli: cli, endpoints: strings.Join(cfg.Endpoints, ","), timeout: cfg.RequestTimeout}
 	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
-	if _, err := cli.Get(pctx, datastore.Prefix, clientv3.WithCountOnly()); err != nil {
+	if _, err := cli.Get(pctx, Prefix, clientv3.WithCountOnly()); err != nil {
 		cli.Close()
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("connect to etcd at %s: %w", s.endpoints, ctx.Err())
@@ -243,7 +284,7 @@ func diagnose(ctx context.Context, endpoints []string, tc *tls.Config) string {
 func (s *Store) Endpoints() string { return s.endpoints }
 
 // Client returns the underlying etcd client, for administrative calls
-// (compaction, status) that datastore.Store does not cover.
+// (status, defragmentation) that datastore.Store does not cover.
 func (s *Store) Client() *clientv3.Client { return s.cli }
 
 // Close implements datastore.Store.
@@ -254,8 +295,100 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// KindPrefix returns the key prefix that holds the objects of kind:
+// Prefix + kind + "/".
+func KindPrefix(kind datastore.Kind) string { return Prefix + string(kind) + "/" }
+
+// Key returns the etcd key of object kind/name.
+func Key(kind datastore.Kind, name string) string {
+	return KindPrefix(kind) + datastore.EscapeSegment(name)
+}
+
+// checkKind refuses a kind that cannot be a key segment.
+func checkKind(kind datastore.Kind) error {
+	if kind == "" || strings.ContainsAny(string(kind), "/%") {
+		return fmt.Errorf("object kind %q: must be a non-empty word without '/' or '%%': %w", kind, datastore.ErrInvalid)
+	}
+	return nil
+}
+
+// objectKey checks kind and name and returns the object's key.
+func objectKey(kind datastore.Kind, name string) (string, error) {
+	if err := checkKind(kind); err != nil {
+		return "", err
+	}
+	if name == "" {
+		return "", fmt.Errorf("%s object without a name: %w", kind, datastore.ErrInvalid)
+	}
+	return Key(kind, name), nil
+}
+
+// envelope is the stored form of an object: its labels and its document.
+type envelope struct {
+	Labels map[string]string `json:"labels,omitempty"`
+	Value  json.RawMessage   `json:"value"`
+}
+
+// encodeValue returns the envelope of kv. A value that is not a JSON
+// document wraps datastore.ErrInvalid.
+func encodeValue(kv datastore.KV) (string, error) {
+	if !json.Valid(kv.Value) {
+		return "", fmt.Errorf("%s %q: value is not a JSON document: %w", kv.Kind, kv.Name, datastore.ErrInvalid)
+	}
+	var b strings.Builder
+	b.Grow(len(kv.Value) + 32)
+	b.WriteByte('{')
+	if len(kv.Labels) > 0 {
+		lb, err := json.Marshal(kv.Labels)
+		if err != nil {
+			return "", fmt.Errorf("%s %q: labels: %w: %w", kv.Kind, kv.Name, datastore.ErrInvalid, err)
+		}
+		b.WriteString(`"labels":`)
+		b.Write(lb)
+		b.WriteByte(',')
+	}
+	b.WriteString(`"value":`)
+	b.Write(kv.Value)
+	b.WriteByte('}')
+	return b.String(), nil
+}
+
+// decodeKV turns a stored key of kind into a KV. A value that is not an
+// envelope wraps datastore.ErrInvalid and names the key.
+func decodeKV(kind datastore.Kind, kv *mvccpb.KeyValue) (datastore.KV, error) {
+	name := datastore.UnescapeSegment(strings.TrimPrefix(string(kv.Key), KindPrefix(kind)))
+	var env envelope
+	if err := json.Unmarshal(kv.Value, &env); err != nil || env.Value == nil {
+		if err == nil {
+			err = errors.New(`no "value" field`)
+		}
+		return datastore.KV{}, fmt.Errorf("etcd key %s holds no Twill object envelope: %w: %w", kv.Key, datastore.ErrInvalid, err)
+	}
+	if len(env.Labels) == 0 {
+		env.Labels = nil
+	}
+	return datastore.KV{Kind: kind, Name: name, Labels: env.Labels, Value: []byte(env.Value), Revision: formatRev(kv.ModRevision)}, nil
+}
+
+// formatRev and parseRev convert between etcd revisions and the opaque
+// revision strings of datastore.KV. parseRev returns -1, which matches no
+// key, for a string this store did not hand out.
+func formatRev(r int64) string { return strconv.FormatInt(r, 10) }
+
+func parseRev(s string) int64 {
+	r, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || r <= 0 {
+		return -1
+	}
+	return r
+}
+
 // Get implements datastore.Store.
-func (s *Store) Get(ctx context.Context, key string) (datastore.KV, error) {
+func (s *Store) Get(ctx context.Context, kind datastore.Kind, name string) (datastore.KV, error) {
+	key, err := objectKey(kind, name)
+	if err != nil {
+		return datastore.KV{}, err
+	}
 	rctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	resp, err := s.cli.Get(rctx, key)
@@ -263,17 +396,18 @@ func (s *Store) Get(ctx context.Context, key string) (datastore.KV, error) {
 		return datastore.KV{}, s.mapErr(ctx, "get", key, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return datastore.KV{}, fmt.Errorf("%s: %w", key, datastore.ErrNotFound)
+		return datastore.KV{}, fmt.Errorf("%s %q: %w", kind, name, datastore.ErrNotFound)
 	}
-	return toKV(resp.Kvs[0]), nil
+	return decodeKV(kind, resp.Kvs[0])
 }
 
-// List implements datastore.Store. Large prefixes are read in pages, all at
-// the revision of the first page, so the result is one consistent snapshot;
-// if that revision is compacted away between pages, the list starts over.
-func (s *Store) List(ctx context.Context, prefix string) ([]datastore.KV, int64, error) {
+// List implements datastore.Store. A large kind is read in pages, all at
+// the revision of the first page, so the result is one consistent
+// snapshot; if that revision is compacted away between pages, the list
+// starts over.
+func (s *Store) List(ctx context.Context, kind datastore.Kind, opts datastore.ListOptions) ([]datastore.KV, string, error) {
 	var out []datastore.KV
-	rev, err := s.ListPages(ctx, prefix, func(kvs []datastore.KV, restart bool) error {
+	rev, err := s.ListPages(ctx, kind, opts, func(kvs []datastore.KV, restart bool) error {
 		if restart {
 			out = out[:0]
 		}
@@ -281,7 +415,7 @@ func (s *Store) List(ctx context.Context, prefix string) ([]datastore.KV, int64,
 		return nil
 	})
 	if err != nil {
-		return nil, 0, err
+		return nil, "", err
 	}
 	return out, rev, nil
 }
@@ -290,29 +424,37 @@ func (s *Store) List(ctx context.Context, prefix string) ([]datastore.KV, int64,
 // compacted away between pages.
 const listAttempts = 3
 
-// ListPages reads every key under prefix as List does (sorted, all at one
-// revision, which it returns), but hands them to page one page of up to
-// 1,000 keys at a time instead of collecting them, so that a caller that
-// decodes the keys as they come never holds the whole prefix at once. page
-// owns the slice it gets. When the revision is compacted away between
-// pages the list starts over: page is then called once with restart set
-// (and no keys), and the caller drops what it received so far. An error
-// from page ends the list and is returned as is.
-func (s *Store) ListPages(ctx context.Context, prefix string, page func(kvs []datastore.KV, restart bool) error) (int64, error) {
+// ListPages implements datastore.Pager. It reads the objects of kind as
+// List does (sorted by name, all at one revision, which it returns), but
+// hands them to page one page at a time instead of collecting them, so
+// that a caller that decodes the objects as they come never holds the
+// whole kind at once. Each page holds the objects matching opts among up
+// to 1,000 keys; pages with no match are skipped. page owns the slice it
+// gets. When the revision is compacted away between pages the list starts
+// over: page is then called once with restart set (and no objects), and
+// the caller drops what it received so far. An error from page ends the
+// list and is returned as is.
+func (s *Store) ListPages(ctx context.Context, kind datastore.Kind, opts datastore.ListOptions, page func(kvs []datastore.KV, restart bool) error) (string, error) {
+	if err := checkKind(kind); err != nil {
+		return "", err
+	}
 	for i := 1; ; i++ {
-		rev, err := s.listPages(ctx, prefix, page)
+		rev, err := s.listPages(ctx, kind, opts, page)
 		if err == nil {
-			return rev, nil
+			return formatRev(rev), nil
 		}
 		var pe pageError
 		if errors.As(err, &pe) {
-			return 0, pe.err
+			return "", pe.err
+		}
+		if errors.Is(err, datastore.ErrInvalid) {
+			return "", err
 		}
 		if i == listAttempts || !errors.Is(err, rpctypes.ErrCompacted) {
-			return 0, s.mapErr(ctx, "list", prefix, err)
+			return "", s.mapErr(ctx, "list", KindPrefix(kind), err)
 		}
 		if err := page(nil, true); err != nil {
-			return 0, err
+			return "", err
 		}
 	}
 }
@@ -322,24 +464,22 @@ type pageError struct{ err error }
 
 func (e pageError) Error() string { return e.err.Error() }
 
-// listPages reads every key under prefix, page by page, at one revision.
-func (s *Store) listPages(ctx context.Context, prefix string, page func([]datastore.KV, bool) error) (int64, error) {
+// listPages reads every key of kind, page by page, at one revision.
+func (s *Store) listPages(ctx context.Context, kind datastore.Kind, opts datastore.ListOptions, page func([]datastore.KV, bool) error) (int64, error) {
+	prefix := KindPrefix(kind)
 	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
-	if prefix == "" {
-		key, end = "\x00", "\x00"
-	}
 	var rev int64
 	for {
-		opts := []clientv3.OpOption{
+		ops := []clientv3.OpOption{
 			clientv3.WithRange(end),
 			clientv3.WithLimit(listPageSize),
 			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
 		}
 		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+			ops = append(ops, clientv3.WithRev(rev))
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.timeout)
-		resp, err := s.cli.Get(rctx, key, opts...)
+		resp, err := s.cli.Get(rctx, key, ops...)
 		cancel()
 		if err != nil {
 			return 0, err
@@ -349,7 +489,13 @@ func (s *Store) listPages(ctx context.Context, prefix string, page func([]datast
 		}
 		kvs := make([]datastore.KV, 0, len(resp.Kvs))
 		for _, kv := range resp.Kvs {
-			kvs = append(kvs, toKV(kv))
+			o, err := decodeKV(kind, kv)
+			if err != nil {
+				return 0, err
+			}
+			if datastore.MatchLabels(o.Labels, opts.Labels) {
+				kvs = append(kvs, o)
+			}
 		}
 		more := resp.More && len(resp.Kvs) > 0
 		if more {
@@ -366,95 +512,174 @@ func (s *Store) listPages(ctx context.Context, prefix string, page func([]datast
 	}
 }
 
-// Txn implements datastore.Store: all ops apply in one etcd transaction
-// guarded by one compare per op with an expectation. A key may appear in at
-// most one op.
-func (s *Store) Txn(ctx context.Context, ops ...datastore.Op) (int64, error) {
-	var (
-		cmps   []clientv3.Cmp
-		thens  []clientv3.Op
-		elses  []clientv3.Op
-		expect []datastore.Op
-		seen   = make(map[string]bool, len(ops))
-	)
-	for _, op := range ops {
-		if seen[op.Key] {
-			return 0, fmt.Errorf("transaction writes key %s twice: merge the ops into one", op.Key)
-		}
-		seen[op.Key] = true
-		switch {
-		case op.Expect == datastore.AnyRevision:
-		case op.Expect == datastore.MustNotExist:
-			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(op.Key), "=", 0))
-		case op.Expect > 0:
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(op.Key), "=", op.Expect))
-		default:
-			return 0, fmt.Errorf("op on %s expects revision %d: use a revision read earlier, datastore.MustNotExist or datastore.AnyRevision", op.Key, op.Expect)
-		}
-		if op.Expect != datastore.AnyRevision {
-			expect = append(expect, op)
-			elses = append(elses, clientv3.OpGet(op.Key, clientv3.WithKeysOnly()))
-		}
-		if op.Delete {
-			thens = append(thens, clientv3.OpDelete(op.Key))
-		} else {
-			thens = append(thens, clientv3.OpPut(op.Key, string(op.Value)))
-		}
-	}
-	rctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	resp, err := s.cli.Txn(rctx).If(cmps...).Then(thens...).Else(elses...).Commit()
+// Create implements datastore.Store: the put applies only if the key has
+// never been created or was deleted since (CreateRevision 0).
+func (s *Store) Create(ctx context.Context, kv datastore.KV) (datastore.KV, error) {
+	key, err := objectKey(kv.Kind, kv.Name)
 	if err != nil {
-		what := ""
-		if len(ops) > 0 {
-			what = ops[0].Key
-			if len(ops) > 1 {
-				what = fmt.Sprintf("%s and %d more keys", what, len(ops)-1)
-			}
-		}
-		return 0, s.mapErr(ctx, "txn", what, err)
+		return datastore.KV{}, err
+	}
+	val, err := encodeValue(kv)
+	if err != nil {
+		return datastore.KV{}, err
+	}
+	resp, err := s.write(ctx, "create", key, clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.OpPut(key, val))
+	if err != nil {
+		return datastore.KV{}, err
 	}
 	if !resp.Succeeded {
-		return 0, conflictErr(expect, resp)
+		return datastore.KV{}, fmt.Errorf("create %s %q (now at revision %d): %w: %w", kv.Kind, kv.Name, currentRev(resp), datastore.ErrExists, datastore.ErrConflict)
 	}
-	return resp.Header.Revision, nil
+	return stored(kv, resp), nil
 }
 
-// conflictErr names the first op whose expectation failed, from the reads
-// the transaction's else branch made.
-func conflictErr(expect []datastore.Op, resp *clientv3.TxnResponse) error {
-	for i, op := range expect {
-		if i >= len(resp.Responses) {
-			break
-		}
-		var cur int64
-		if r := resp.Responses[i].GetResponseRange(); r != nil && len(r.Kvs) > 0 {
-			cur = r.Kvs[0].ModRevision
-		}
-		switch {
-		case op.Expect == datastore.MustNotExist && cur != 0:
-			return fmt.Errorf("%s already exists (revision %d): %w", op.Key, cur, datastore.ErrConflict)
-		case op.Expect > 0 && cur == 0:
-			return fmt.Errorf("%s was deleted (expected revision %d): %w", op.Key, op.Expect, datastore.ErrConflict)
-		case op.Expect > 0 && cur != op.Expect:
-			return fmt.Errorf("%s changed (expected revision %d, now %d): %w", op.Key, op.Expect, cur, datastore.ErrConflict)
-		}
+// Update implements datastore.Store: with kv.Revision set the put applies
+// only if the key's ModRevision still equals it, without only if the key
+// exists.
+func (s *Store) Update(ctx context.Context, kv datastore.KV) (datastore.KV, error) {
+	key, err := objectKey(kv.Kind, kv.Name)
+	if err != nil {
+		return datastore.KV{}, err
 	}
-	return fmt.Errorf("transaction expectations failed: %w", datastore.ErrConflict)
+	val, err := encodeValue(kv)
+	if err != nil {
+		return datastore.KV{}, err
+	}
+	resp, err := s.write(ctx, "update", key, expectation(key, kv.Revision), clientv3.OpPut(key, val))
+	if err != nil {
+		return datastore.KV{}, err
+	}
+	if !resp.Succeeded {
+		return datastore.KV{}, failedWrite("update", kv.Kind, kv.Name, kv.Revision, resp)
+	}
+	return stored(kv, resp), nil
 }
 
-// Watch implements datastore.Store. Deletes carry the key's last value. The
-// channel ends with an Err response when history before afterRev+1 was
-// compacted (datastore.ErrCompacted), when the stream fails, or when the
-// connection to etcd stays down for longer than the request timeout
-// (datastore.ErrUnavailable); it closes without one when ctx ends. A
-// negative afterRev watches from the current revision.
-func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan datastore.WatchResponse {
+// Delete implements datastore.Store, with the expectations of Update.
+func (s *Store) Delete(ctx context.Context, kind datastore.Kind, name, expect string) error {
+	key, err := objectKey(kind, name)
+	if err != nil {
+		return err
+	}
+	resp, err := s.write(ctx, "delete", key, expectation(key, expect), clientv3.OpDelete(key))
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		return failedWrite("delete", kind, name, expect, resp)
+	}
+	return nil
+}
+
+// expectation is the compare of an Update or Delete: the key's
+// ModRevision equals expect, or the key exists when expect is empty.
+func expectation(key, expect string) clientv3.Cmp {
+	if expect == "" {
+		return clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
+	}
+	return clientv3.Compare(clientv3.ModRevision(key), "=", parseRev(expect))
+}
+
+// write runs the one-key transaction If(cmp) Then(then) Else(read the key's
+// revisions) within the request timeout.
+func (s *Store) write(ctx context.Context, op, key string, cmp clientv3.Cmp, then clientv3.Op) (*clientv3.TxnResponse, error) {
+	rctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	resp, err := s.cli.Txn(rctx).If(cmp).Then(then).Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
+	if err != nil {
+		return nil, s.mapErr(ctx, op, key, err)
+	}
+	return resp, nil
+}
+
+// currentRev returns the key's ModRevision as read by a failed write's
+// else branch, 0 when the key does not exist.
+func currentRev(resp *clientv3.TxnResponse) int64 {
+	if len(resp.Responses) > 0 {
+		if r := resp.Responses[0].GetResponseRange(); r != nil && len(r.Kvs) > 0 {
+			return r.Kvs[0].ModRevision
+		}
+	}
+	return 0
+}
+
+// failedWrite explains a failed Update or Delete: the object is missing
+// (datastore.ErrNotFound) or its revision is no longer expect
+// (datastore.ErrConflict).
+func failedWrite(op string, kind datastore.Kind, name, expect string, resp *clientv3.TxnResponse) error {
+	cur := currentRev(resp)
+	if cur == 0 {
+		return fmt.Errorf("%s %s %q: %w", op, kind, name, datastore.ErrNotFound)
+	}
+	return fmt.Errorf("%s %s %q: expected revision %s, now %d: %w", op, kind, name, expect, cur, datastore.ErrConflict)
+}
+
+// stored returns what a successful Create or Update stored: a copy of kv at
+// the transaction's revision, which for a one-key write is the key's new
+// ModRevision.
+func stored(kv datastore.KV, resp *clientv3.TxnResponse) datastore.KV {
+	out := datastore.KV{Kind: kv.Kind, Name: kv.Name, Value: bytes.Clone(kv.Value), Revision: formatRev(resp.Header.Revision)}
+	if len(kv.Labels) > 0 {
+		out.Labels = maps.Clone(kv.Labels)
+	}
+	return out
+}
+
+// Compact compacts etcd's history up to its current revision and waits
+// until the compaction is applied: a watch from an earlier revision then
+// ends with datastore.ErrCompacted. It is for tests and administration;
+// the embedded server also compacts on its own (DefaultCompactionRetention).
+func (s *Store) Compact(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	resp, err := s.cli.Get(rctx, Prefix, clientv3.WithCountOnly())
+	if err != nil {
+		return s.mapErr(ctx, "compact", Prefix, err)
+	}
+	rev := resp.Header.Revision
+	if _, err := s.cli.Compact(rctx, rev, clientv3.WithCompactPhysical()); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+		return s.mapErr(ctx, "compact", fmt.Sprintf("to revision %d", rev), err)
+	}
+	return nil
+}
+
+// Watch implements datastore.Store on the kind's key prefix, from etcd
+// revision afterRev+1 (from the current revision when afterRev is empty).
+// Each etcd watch response becomes one WatchResponse whose Revision is
+// that of its last event; deletes carry the object's last value and
+// labels. The channel ends with an Err response when history after
+// afterRev was compacted or afterRev is not a revision of this store
+// (datastore.ErrCompacted), when the stream fails, or when the connection
+// to etcd stays down for longer than the request timeout
+// (datastore.ErrUnavailable); it closes without one when ctx ends.
+func (s *Store) Watch(ctx context.Context, kind datastore.Kind, afterRev string) <-chan datastore.WatchResponse {
 	out := make(chan datastore.WatchResponse, 64)
+	var start int64
+	var bad error
+	if err := checkKind(kind); err != nil {
+		bad = err
+	} else if afterRev != "" {
+		if r, err := strconv.ParseInt(afterRev, 10, 64); err != nil || r < 0 {
+			bad = fmt.Errorf("watch %s from revision %q: not a revision of etcd at %s; list again: %w", kind, afterRev, s.endpoints, datastore.ErrCompacted)
+		} else {
+			start = r + 1
+		}
+	}
+	if bad != nil {
+		go func() {
+			defer close(out)
+			select {
+			case out <- datastore.WatchResponse{Err: bad}:
+			case <-ctx.Done():
+			}
+		}()
+		return out
+	}
+	prefix := KindPrefix(kind)
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV()}
-	if afterRev >= 0 {
-		opts = append(opts, clientv3.WithRev(afterRev+1))
+	if start > 0 {
+		opts = append(opts, clientv3.WithRev(start))
 	}
 	wch := s.cli.Watch(wctx, prefix, opts...)
 	lost := s.connLost(wctx)
@@ -475,17 +700,17 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 			case <-ctx.Done():
 				return
 			case <-lost:
-				fail(fmt.Errorf("watch %s: lost the connection to etcd at %s for more than %s: %w", prefix, s.endpoints, s.timeout, datastore.ErrUnavailable))
+				fail(fmt.Errorf("watch %s: lost the connection to etcd at %s for more than %s: %w", kind, s.endpoints, s.timeout, datastore.ErrUnavailable))
 				return
 			case wr, ok := <-wch:
 				if !ok {
 					if ctx.Err() == nil {
-						fail(fmt.Errorf("watch %s: etcd at %s closed the stream: %w", prefix, s.endpoints, datastore.ErrUnavailable))
+						fail(fmt.Errorf("watch %s: etcd at %s closed the stream: %w", kind, s.endpoints, datastore.ErrUnavailable))
 					}
 					return
 				}
 				if wr.CompactRevision != 0 {
-					fail(fmt.Errorf("watch %s from revision %d: etcd compacted its history up to revision %d; list again: %w", prefix, afterRev+1, wr.CompactRevision, datastore.ErrCompacted))
+					fail(fmt.Errorf("watch %s after revision %s: etcd compacted its history up to revision %d; list again: %w", kind, afterRev, wr.CompactRevision, datastore.ErrCompacted))
 					return
 				}
 				if err := wr.Err(); err != nil {
@@ -495,10 +720,16 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 					fail(s.mapErr(ctx, "watch", prefix, err))
 					return
 				}
-				for _, batch := range splitByRevision(wr.Events) {
-					if !send(batch) {
-						return
-					}
+				if len(wr.Events) == 0 {
+					continue
+				}
+				r, err := watchResponse(kind, wr.Events)
+				if err != nil {
+					fail(err)
+					return
+				}
+				if !send(r) {
+					return
 				}
 			}
 		}
@@ -506,27 +737,37 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 	return out
 }
 
-// splitByRevision turns etcd events, which may span several revisions, into
-// one WatchResponse per revision, in order.
-func splitByRevision(evs []*clientv3.Event) []datastore.WatchResponse {
-	var out []datastore.WatchResponse
+// watchResponse turns the events of one etcd watch response, in revision
+// order, into a WatchResponse at the revision of the last one.
+func watchResponse(kind datastore.Kind, evs []*clientv3.Event) (datastore.WatchResponse, error) {
+	r := datastore.WatchResponse{Events: make([]datastore.Event, 0, len(evs))}
 	for _, ev := range evs {
-		e := datastore.Event{Type: datastore.EventPut, KV: toKV(ev.Kv)}
+		var e datastore.Event
 		if ev.Type == mvccpb.DELETE {
 			e.Type = datastore.EventDelete
-			e.KV.Value = nil
-			if ev.PrevKv != nil {
-				e.KV.Value = bytes.Clone(ev.PrevKv.Value)
+			e.KV = datastore.KV{
+				Kind:     kind,
+				Name:     datastore.UnescapeSegment(strings.TrimPrefix(string(ev.Kv.Key), KindPrefix(kind))),
+				Revision: formatRev(ev.Kv.ModRevision),
 			}
+			if ev.PrevKv != nil {
+				prev, err := decodeKV(kind, ev.PrevKv)
+				if err != nil {
+					return datastore.WatchResponse{}, err
+				}
+				e.KV.Labels, e.KV.Value = prev.Labels, prev.Value
+			}
+		} else {
+			kv, err := decodeKV(kind, ev.Kv)
+			if err != nil {
+				return datastore.WatchResponse{}, err
+			}
+			e.Type, e.KV = datastore.EventPut, kv
 		}
-		rev := ev.Kv.ModRevision
-		if n := len(out); n > 0 && out[n-1].Revision == rev {
-			out[n-1].Events = append(out[n-1].Events, e)
-			continue
-		}
-		out = append(out, datastore.WatchResponse{Events: []datastore.Event{e}, Revision: rev})
+		r.Events = append(r.Events, e)
+		r.Revision = formatRev(ev.Kv.ModRevision)
 	}
-	return out
+	return r, nil
 }
 
 // connLost returns a channel that is closed when the client's connection
@@ -596,8 +837,4 @@ func isUnavailable(err error) bool {
 		return st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded
 	}
 	return false
-}
-
-func toKV(kv *mvccpb.KeyValue) datastore.KV {
-	return datastore.KV{Key: string(kv.Key), Value: bytes.Clone(kv.Value), Revision: kv.ModRevision}
 }

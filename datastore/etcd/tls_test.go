@@ -127,11 +127,11 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("New over TLS: %v", err)
 	}
 	defer s.Close()
-	rev, err := s.Txn(ctx, datastore.Put("/t/tls", []byte("v"), datastore.MustNotExist))
+	created, err := s.Create(ctx, datastore.KV{Kind: datastore.KindHandle, Name: "tls", Value: []byte(`"v"`)})
 	if err != nil {
-		t.Fatalf("Txn over TLS: %v", err)
+		t.Fatalf("Create over TLS: %v", err)
 	}
-	if kv, err := s.Get(ctx, "/t/tls"); err != nil || string(kv.Value) != "v" || kv.Revision != rev {
+	if kv, err := s.Get(ctx, datastore.KindHandle, "tls"); err != nil || string(kv.Value) != `"v"` || kv.Revision != created.Revision {
 		t.Fatalf("Get over TLS = %+v, %v", kv, err)
 	}
 

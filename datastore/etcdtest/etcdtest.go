@@ -100,8 +100,9 @@ func Connect(t testing.TB, endpoint string, cfg etcd.Config) *etcd.Store {
 	return s
 }
 
-// RawTxnRate measures the store's single-key write rate: n sequential
-// create transactions on fresh keys, in transactions per second. See
+// RawTxnRate measures the raw one-key etcd transaction rate through store
+// (a store from NewStore or Connect): n sequential create transactions on
+// fresh keys outside Twill's prefix, in transactions per second. See
 // etcd.RawTxnRate.
 func RawTxnRate(ctx context.Context, store datastore.Store, n int) (float64, error) {
 	return etcd.RawTxnRate(ctx, store, n)

@@ -1,6 +1,7 @@
 // Package depcheck lists what a package imports, for the tests that keep
 // Twill's layers apart (the pure core reaches no kernel, datastore,
-// firewall or CNI library; the CNI plugin links no etcd).
+// Kubernetes client, firewall or CNI library; the CNI plugin links no
+// etcd).
 package depcheck
 
 import (
@@ -16,11 +17,13 @@ import (
 	"testing"
 )
 
-// Infrastructure are the import-path prefixes of the kernel, datastore,
-// firewall and CNI libraries, which the pure core must not reach.
+// Infrastructure are the import-path prefixes of the kernel, datastore
+// (etcd and the Kubernetes client), firewall and CNI libraries, which the
+// pure core must not reach. sigs.k8s.io/yaml is no client and not listed.
 var Infrastructure = []string{
 	"github.com/vishvananda/",
 	"go.etcd.io/",
+	"k8s.io/",
 	"github.com/google/nftables",
 	"github.com/containernetworking/",
 }

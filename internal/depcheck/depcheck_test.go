@@ -13,8 +13,9 @@ func TestStdAndWithPrefix(t *testing.T) {
 			t.Errorf("Std(%q) = %v, want %v", path, got, want)
 		}
 	}
-	deps := []string{"fmt", "github.com/vishvananda/netlink", "twill.dev/twill/plan", "github.com/google/nftables/expr"}
-	if got, want := WithPrefix(deps, Infrastructure...), []string{"github.com/vishvananda/netlink", "github.com/google/nftables/expr"}; !slices.Equal(got, want) {
+	deps := []string{"fmt", "github.com/vishvananda/netlink", "twill.dev/twill/plan", "github.com/google/nftables/expr",
+		"k8s.io/client-go/kubernetes", "sigs.k8s.io/yaml"}
+	if got, want := WithPrefix(deps, Infrastructure...), []string{"github.com/vishvananda/netlink", "github.com/google/nftables/expr", "k8s.io/client-go/kubernetes"}; !slices.Equal(got, want) {
 		t.Errorf("WithPrefix = %v, want %v", got, want)
 	}
 }
