@@ -26,6 +26,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"twill.dev/twill/api"
 	"twill.dev/twill/dataplane"
 	"twill.dev/twill/datastore"
@@ -174,6 +176,10 @@ func (a *Agent) IPAM() *ipam.IPAM { return a.ipam }
 
 // Logger returns the agent's logger (it names the node).
 func (a *Agent) Logger() *slog.Logger { return a.log }
+
+// Metrics returns the registry the agent serves on its /metrics endpoint,
+// so that background tasks can add their own metrics to it.
+func (a *Agent) Metrics() prometheus.Registerer { return a.m.reg }
 
 // Handler returns the HTTP handler of the CNI socket API, for tests and for
 // embedding; Run serves it on the socket.

@@ -21,6 +21,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -56,6 +57,9 @@ type nodeOpts struct {
 	vxlan     string // default CrossSubnet
 	mtu       int    // the conflist's mtu; 0 asks the agent
 	logLevel  string // the plugin's; default debug
+	// cniVersion is the conflist's; default DefaultCNIVersion (what
+	// install-cni writes). libcni sends STATUS and GC from 1.1.0 only.
+	cniVersion string
 }
 
 // testNode is a node namespace with an agent (in this process, against an
@@ -114,6 +118,9 @@ func newNode(tb testing.TB, opts nodeOpts) *testNode {
 	if opts.logLevel == "" {
 		opts.logLevel = "debug"
 	}
+	if opts.cniVersion == "" {
+		opts.cniVersion = DefaultCNIVersion
+	}
 	n := &testNode{tb: tb, opts: opts, agentLog: &lockedBuffer{}}
 	n.ns = nettest.New(tb, "cn")
 	n.name, n.path, n.h = n.ns.Name, n.ns.Path, n.ns.H
@@ -144,7 +151,7 @@ func newNode(tb testing.TB, opts nodeOpts) *testNode {
 	n.logFile = filepath.Join(dir, "cni.log")
 	inst, err := Install(InstallOptions{
 		BinDir: filepath.Join(dir, "bin"), ConfDir: filepath.Join(dir, "net.d"), PluginBinary: bin,
-		AgentSocket: n.sock, MTU: opts.mtu, LogLevel: opts.logLevel, LogFile: n.logFile,
+		AgentSocket: n.sock, MTU: opts.mtu, LogLevel: opts.logLevel, LogFile: n.logFile, CNIVersion: opts.cniVersion,
 	})
 	if err != nil {
 		tb.Fatal(err)
@@ -299,7 +306,13 @@ func (n *testNode) check(p *testPod) error {
 	return n.do(func(ctx context.Context) error { return n.cni.CheckNetworkList(ctx, n.list, p.rt) })
 }
 
+// status runs STATUS through libcni. libcni skips STATUS (and answers
+// nil) for a list older than 1.1.0, which would let a test pass unseen, so
+// such a list is an error here.
 func (n *testNode) status() error {
+	if ok, err := version.GreaterThanOrEqualTo(n.list.CNIVersion, MinStatusVersion); err != nil || !ok {
+		return fmt.Errorf("test bug: libcni does not send STATUS for cniVersion %q; give the node cniVersion %s", n.list.CNIVersion, MinStatusVersion)
+	}
 	return n.do(func(ctx context.Context) error { return n.cni.GetStatusNetworkList(ctx, n.list) })
 }
 

@@ -16,7 +16,12 @@ import (
 const (
 	DefaultConfName    = "10-twill.conflist"
 	DefaultNetworkName = "twill"
-	DefaultCNIVersion  = "1.1.0"
+	// DefaultCNIVersion is the cniVersion Install writes by default:
+	// 1.0.0, the newest that containerd 1.6 (Debian 12's) accepts. Its CNI
+	// library refuses a 1.1.0 result, after the plugin attached the pod;
+	// Calico writes an older version for the same reason. 1.0.0 lacks
+	// STATUS and GC only.
+	DefaultCNIVersion = "1.0.0"
 	// PluginBinaryName is the plugin's binary next to the twill binary.
 	PluginBinaryName = "twill-cni"
 )
@@ -39,6 +44,12 @@ type InstallOptions struct {
 	ConfName string
 	// NetworkName is the network's name; default DefaultNetworkName.
 	NetworkName string
+	// CNIVersion is the conflist's cniVersion, one of SupportedVersions;
+	// default DefaultCNIVersion. The runtime sends it to the plugin, which
+	// answers in it: it must be one the runtime's CNI library reads (1.0.0
+	// for containerd 1.6 and 1.7; 1.1.0, which adds STATUS and GC, needs
+	// libcni 1.2 or later, as in containerd 2.0).
+	CNIVersion string
 	// AgentSocket, MTU, LogLevel and LogFile go into the plugin's
 	// configuration (see NetConf); empty or zero values are left out.
 	AgentSocket string
@@ -73,6 +84,12 @@ func Install(opts InstallOptions) (Installed, error) {
 	}
 	if opts.NetworkName == "" {
 		opts.NetworkName = DefaultNetworkName
+	}
+	if opts.CNIVersion == "" {
+		opts.CNIVersion = DefaultCNIVersion
+	}
+	if err := CheckVersion(opts.CNIVersion); err != nil {
+		return Installed{}, fmt.Errorf("%w: --cni-version: %w", ErrInstall, err)
 	}
 	if opts.PluginBinary == "" {
 		exe, err := os.Executable()
@@ -131,11 +148,19 @@ func same(a, b string) bool {
 }
 
 // Conflist returns the network configuration list Install writes. It
-// checks the plugin's configuration with ParseConfig.
+// checks the version with CheckVersion and the plugin's configuration
+// with ParseConfig.
 func Conflist(opts InstallOptions) ([]byte, error) {
 	name := opts.NetworkName
 	if name == "" {
 		name = DefaultNetworkName
+	}
+	cniVersion := opts.CNIVersion
+	if cniVersion == "" {
+		cniVersion = DefaultCNIVersion
+	}
+	if err := CheckVersion(cniVersion); err != nil {
+		return nil, err
 	}
 	plugin := map[string]any{
 		"type":         PluginType,
@@ -154,7 +179,7 @@ func Conflist(opts InstallOptions) ([]byte, error) {
 		plugin["logFile"] = opts.LogFile
 	}
 	// Check the plugin's part as the plugin will read it.
-	check := map[string]any{"cniVersion": DefaultCNIVersion, "name": name}
+	check := map[string]any{"cniVersion": cniVersion, "name": name}
 	for k, v := range plugin {
 		check[k] = v
 	}
@@ -166,7 +191,7 @@ func Conflist(opts InstallOptions) ([]byte, error) {
 		return nil, err
 	}
 	list := map[string]any{
-		"cniVersion": DefaultCNIVersion,
+		"cniVersion": cniVersion,
 		"name":       name,
 		"plugins":    []any{plugin},
 	}

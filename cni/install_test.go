@@ -120,6 +120,8 @@ func TestInstallErrors(t *testing.T) {
 		{"bad conf name", InstallOptions{BinDir: bin, ConfDir: conf, PluginBinary: src, ConfName: "twill.json"}, ".conflist"},
 		{"bad mtu", InstallOptions{BinDir: bin, ConfDir: conf, PluginBinary: src, MTU: 20}, "mtu"},
 		{"relative socket", InstallOptions{BinDir: bin, ConfDir: conf, PluginBinary: src, AgentSocket: "a.sock"}, "agentSocket"},
+		{"pre-conflist version", InstallOptions{BinDir: bin, ConfDir: conf, PluginBinary: src, CNIVersion: "0.2.0"}, "--cni-version"},
+		{"future version", InstallOptions{BinDir: bin, ConfDir: conf, PluginBinary: src, CNIVersion: "1.2.0"}, "1.0.0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Install(tc.opts)
@@ -131,10 +133,48 @@ func TestInstallErrors(t *testing.T) {
 			}
 		})
 	}
+	_, err := Install(InstallOptions{BinDir: bin, ConfDir: conf, PluginBinary: src, CNIVersion: "2.0.0"})
+	if !errors.Is(err, ErrUnsupportedVersion) {
+		t.Errorf("install with cniVersion 2.0.0: %v; want an error wrapping ErrUnsupportedVersion", err)
+	}
 	// Nothing was written by the failed installs.
 	for _, d := range []string{bin, conf} {
 		if ents, _ := os.ReadDir(d); len(ents) != 0 {
 			t.Errorf("%s holds %d files after failed installs", d, len(ents))
+		}
+	}
+}
+
+// TestInstallCNIVersion: the conflist carries the chosen cniVersion
+// (DefaultCNIVersion, 1.0.0, when none is chosen), which libcni passes to
+// the plugin.
+func TestInstallCNIVersion(t *testing.T) {
+	if DefaultCNIVersion != "1.0.0" {
+		t.Errorf("DefaultCNIVersion is %s; containerd 1.6 needs 1.0.0", DefaultCNIVersion)
+	}
+	src := filepath.Join(t.TempDir(), "plugin")
+	if err := os.WriteFile(src, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ give, want string }{{"", DefaultCNIVersion}, {"1.0.0", "1.0.0"}, {"1.1.0", "1.1.0"}, {"0.3.1", "0.3.1"}} {
+		root := t.TempDir()
+		got, err := Install(InstallOptions{BinDir: filepath.Join(root, "bin"), ConfDir: filepath.Join(root, "net.d"), PluginBinary: src, CNIVersion: tc.give})
+		if err != nil {
+			t.Fatalf("install with cniVersion %q: %v", tc.give, err)
+		}
+		list, err := libcni.ConfListFromFile(got.Conflist)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if list.CNIVersion != tc.want {
+			t.Errorf("install with cniVersion %q wrote %q; want %q", tc.give, list.CNIVersion, tc.want)
+		}
+		injected, err := libcni.InjectConf(list.Plugins[0], map[string]any{"name": list.Name, "cniVersion": list.CNIVersion})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if conf, err := ParseConfig(injected.Bytes); err != nil || conf.CNIVersion != tc.want {
+			t.Errorf("the plugin reads cniVersion %v, %v; want %s", conf, err, tc.want)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -78,13 +79,13 @@ func TestPluginDeps(t *testing.T) {
 	t.Logf("plugin binary: %d bytes, %d packages", fi.Size(), len(deps))
 }
 
-// unprivilegedNet writes a conflist pointing the plugin at sock and
-// returns libcni's view of it.
-func unprivilegedNet(t *testing.T, sock string) (*libcni.CNIConfig, *libcni.NetworkConfigList) {
+// unprivilegedNet writes a conflist of cniVersion v pointing the plugin
+// at sock and returns libcni's view of it.
+func unprivilegedNet(t *testing.T, sock, v string) (*libcni.CNIConfig, *libcni.NetworkConfigList) {
 	t.Helper()
 	pluginBinary(t)
 	dir := t.TempDir()
-	b, err := Conflist(InstallOptions{AgentSocket: sock, LogLevel: "error"})
+	b, err := Conflist(InstallOptions{AgentSocket: sock, LogLevel: "error", CNIVersion: v})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,18 +113,17 @@ func cniCode(t *testing.T, err error) uint {
 // agent on the socket: nothing here needs root.
 func TestBinaryWithoutAgent(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "nobody.sock")
-	c, list := unprivilegedNet(t, sock)
+	c, list := unprivilegedNet(t, sock, "1.1.0")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
+	// VERSION lists exactly the versions the plugin answers in.
 	vi, err := c.GetVersionInfo(ctx, PluginType)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
-		if !strings.Contains(strings.Join(vi.SupportedVersions(), ","), v) {
-			t.Errorf("plugin does not support CNI %s: %v", v, vi.SupportedVersions())
-		}
+	if got := vi.SupportedVersions(); !slices.Equal(got, SupportedVersions()) {
+		t.Errorf("VERSION answers %v; want %v", got, SupportedVersions())
 	}
 
 	err = c.GetStatusNetworkList(ctx, list)
@@ -178,5 +178,56 @@ func TestBinaryBadInput(t *testing.T) {
 	}
 	if e, _ := run(`{"cniVersion":"1.1.0","name":"n","type":"twill"}`, append(env, "CNI_ARGS=IP=300.1.1.1")...); e.Code != CodeInvalidEnvironment || !strings.Contains(e.Msg, "IP") {
 		t.Errorf("bad CNI_ARGS: %+v; want code %d", e, CodeInvalidEnvironment)
+	}
+}
+
+// TestBinaryVersionGates execs the plugin as a runtime would with
+// configurations of versions that lack the command, or that the plugin
+// does not speak: skel answers "incompatible CNI version" (code 1) before
+// the plugin does anything, naming the supported versions.
+func TestBinaryVersionGates(t *testing.T) {
+	bin := pluginBinary(t)
+	sock := filepath.Join(t.TempDir(), "nobody.sock")
+	for _, tc := range []struct {
+		cmd, version string
+		details      string // in the error's details, if any
+	}{
+		{"STATUS", "1.0.0", ""},
+		{"GC", "1.0.0", ""},
+		{"GC", "0.4.0", ""},
+		{"CHECK", "0.3.1", ""},
+		{"CHECK", "0.3.0", ""},
+		{"ADD", "0.2.0", "1.1.0"},
+		{"ADD", "", "1.1.0"},
+		{"DEL", "1.2.0", "1.1.0"},
+	} {
+		t.Run(tc.cmd+"@"+tc.version, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			conf := map[string]any{"name": "n", "type": PluginType, "agentSocket": sock, "cni.dev/valid-attachments": []any{}}
+			if tc.version != "" {
+				conf["cniVersion"] = tc.version
+			}
+			stdin, err := json.Marshal(conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.CommandContext(ctx, bin)
+			cmd.Env = []string{"CNI_COMMAND=" + tc.cmd, "CNI_CONTAINERID=twtest", "CNI_NETNS=/var/run/netns/twtest-none",
+				"CNI_IFNAME=eth0", "CNI_PATH=" + pluginDir}
+			cmd.Stdin = bytes.NewReader(stdin)
+			var stdout bytes.Buffer
+			cmd.Stdout = &stdout
+			if err := cmd.Run(); err == nil {
+				t.Fatalf("plugin succeeded; stdout %s", stdout.String())
+			}
+			var e types.Error
+			if err := json.Unmarshal(stdout.Bytes(), &e); err != nil {
+				t.Fatalf("stdout %q is not a CNI error: %v", stdout.String(), err)
+			}
+			if e.Code != types.ErrIncompatibleCNIVersion || !strings.Contains(e.Details, tc.details) {
+				t.Errorf("got %+v; want code %d with details naming %q", e, types.ErrIncompatibleCNIVersion, tc.details)
+			}
+		})
 	}
 }

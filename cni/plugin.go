@@ -22,6 +22,13 @@
 // pool has room, and GC asks the agent to release the node's addresses of
 // attachments that are no longer valid. Errors carry the codes listed with
 // CodePoolExhausted and friends.
+//
+// The plugin speaks CNI 0.3.0 to 1.1.0 (SupportedVersions) and answers
+// every request in the cniVersion of the configuration it is given, so
+// that a runtime whose CNI library predates 1.1.0 (containerd 1.6 takes
+// 1.0.0 at most) can read its results. CHECK needs a configuration of
+// 0.4.0 or later, STATUS and GC one of 1.1.0 or later; older ones get the
+// specification's "incompatible CNI version" error (code 1).
 package cni
 
 import (
@@ -39,7 +46,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 
 	"twill.dev/twill/agentapi"
 )
@@ -61,7 +67,7 @@ const (
 // network configuration on stdin, runs the command, prints its result or
 // its error as JSON on stdout and exits.
 func Main() {
-	skel.PluginMainFuncs(Funcs(), version.All, About)
+	skel.PluginMainFuncs(Funcs(), VersionInfo(), About)
 }
 
 // Funcs returns the plugin's command functions, for skel.
@@ -106,6 +112,9 @@ func begin(args *skel.CmdArgs, cmd string) (*invocation, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := versionAllows(conf.CNIVersion, cmd); err != nil {
+		return nil, nil, err
+	}
 	k8s, err := ParseArgs(args.Args)
 	if err != nil {
 		return nil, nil, err
@@ -140,14 +149,6 @@ func (inv *invocation) release() {
 	}
 }
 
-// resultVersion is the version to print results in.
-func (inv *invocation) resultVersion() string {
-	if inv.conf.CNIVersion == "" {
-		return "0.1.0"
-	}
-	return inv.conf.CNIVersion
-}
-
 // attachment is what ADD set up, in the form of a CNI result.
 type attachment struct {
 	hostVeth string
@@ -158,7 +159,8 @@ type attachment struct {
 	mtu      int
 }
 
-// result builds the CNI result of an attachment.
+// result builds the CNI result of an attachment, in the library's current
+// version; resultAs converts it.
 func (a attachment) result() *current.Result {
 	idx := 1
 	return &current.Result{
@@ -177,6 +179,19 @@ func (a attachment) result() *current.Result {
 			GW:  net.IP(gateway.AsSlice()),
 		}},
 	}
+}
+
+// resultAs returns the attachment's result in CNI version v (the
+// configuration's), which the runtime requires.
+func (a attachment) resultAs(v string) (types.Result, error) {
+	res, err := a.result().GetAsVersion(v)
+	if err != nil {
+		return nil, types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("convert the result to CNI %s: %v", v, err), "")
+	}
+	if res.Version() != v {
+		return nil, types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("the result converted to CNI %s says version %s", v, res.Version()), "")
+	}
+	return res, nil
 }
 
 // hostAddr returns the single IPv4 address of an allocation.

@@ -312,11 +312,18 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err := h.host.RouteReplace(rt); err != nil {
 		return internal(fmt.Errorf("add the route %s dev %s: %w", addr, inv.hostVeth, err))
 	}
+	// The result is in the configuration's version, converted before the
+	// attachment is kept: a result the runtime cannot read would leave the
+	// pod attached while the runtime counts the ADD as failed.
+	res, err := at.resultAs(inv.conf.CNIVersion)
+	if err != nil {
+		return err
+	}
 	ok = true
-	inv.log.Info("pod attached", "address", addr, "iface", inv.hostVeth, "mtu", mtu,
+	inv.log.Info("pod attached", "address", addr, "iface", inv.hostVeth, "mtu", mtu, "cniVersion", res.Version(),
 		"allocated", allocated.Round(time.Microsecond), "plumbed", plumbed.Round(time.Microsecond),
 		"recorded", recorded.Round(time.Microsecond), "duration", time.Since(start).Round(time.Microsecond))
-	return types.PrintResult(at.result(), inv.resultVersion())
+	return res.Print()
 }
 
 // randomMAC returns a random unicast, locally administered MAC for the pod

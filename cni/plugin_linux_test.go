@@ -1,7 +1,6 @@
 package cni
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -248,7 +247,7 @@ func TestAddRequestedAddress(t *testing.T) {
 
 func TestAddPoolExhausted(t *testing.T) {
 	// A pool of one /30 block: four addresses at most.
-	n := newNode(t, nodeOpts{poolCIDR: "10.250.0.0/30", blockSize: 30, vxlan: "Never"})
+	n := newNode(t, nodeOpts{poolCIDR: "10.250.0.0/30", blockSize: 30, vxlan: "Never", cniVersion: "1.1.0"})
 	if err := n.status(); err != nil {
 		t.Fatalf("STATUS with room: %v", err)
 	}
@@ -293,7 +292,7 @@ func TestAddPoolExhausted(t *testing.T) {
 }
 
 func TestAgentDown(t *testing.T) {
-	n := newNode(t, nodeOpts{})
+	n := newNode(t, nodeOpts{cniVersion: "1.1.0"})
 	up := n.newPod(t)
 	n.mustAdd(t, up)
 	n.stopAgent()
@@ -329,7 +328,7 @@ func TestAgentDown(t *testing.T) {
 }
 
 func TestGC(t *testing.T) {
-	n := newNode(t, nodeOpts{})
+	n := newNode(t, nodeOpts{cniVersion: "1.1.0"})
 	ctx := context.Background()
 	keep, stale := n.newPod(t), n.newPod(t)
 	n.mustAdd(t, keep)
@@ -464,47 +463,6 @@ func TestParallelAdds(t *testing.T) {
 	}
 	if left := n.cali(t); len(left) != 0 {
 		t.Errorf("veths left after DEL: %v", left)
-	}
-}
-
-// TestOlderSpecVersions runs ADD, CHECK and DEL with conflists of older
-// CNI versions: the result is converted, the plumbing is the same.
-func TestOlderSpecVersions(t *testing.T) {
-	n := newNode(t, nodeOpts{})
-	for _, v := range []string{"0.4.0", "1.0.0"} {
-		t.Run(v, func(t *testing.T) {
-			b := bytes.Replace(n.list.Bytes, []byte(`"cniVersion": "`+DefaultCNIVersion+`"`), []byte(`"cniVersion": "`+v+`"`), 1)
-			list, err := libcni.ConfListFromBytes(b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if list.CNIVersion != v {
-				t.Fatalf("conflist version %s, want %s", list.CNIVersion, v)
-			}
-			p := n.newPod(t)
-			var res types.Result
-			err = n.do(func(ctx context.Context) error {
-				var err error
-				res, err = n.cni.AddNetworkList(ctx, list, p.rt)
-				return err
-			})
-			if err != nil {
-				t.Fatalf("ADD: %v", err)
-			}
-			if res.Version() != v {
-				t.Errorf("result version %s, want %s", res.Version(), v)
-			}
-			if _, err := n.h.LinkByName(p.veth); err != nil {
-				t.Errorf("host veth: %v", err)
-			}
-			if err := n.do(func(ctx context.Context) error { return n.cni.CheckNetworkList(ctx, list, p.rt) }); err != nil {
-				t.Errorf("CHECK: %v", err)
-			}
-			if err := n.do(func(ctx context.Context) error { return n.cni.DelNetworkList(ctx, list, p.rt) }); err != nil {
-				t.Errorf("DEL: %v", err)
-			}
-			n.assertGone(t, p)
-		})
 	}
 }
 

@@ -108,7 +108,7 @@ func (n *testNode) via(t *testing.T, p *agentProxy) *libcni.NetworkConfigList {
 	dir := t.TempDir()
 	inst, err := Install(InstallOptions{
 		BinDir: filepath.Join(dir, "bin"), ConfDir: filepath.Join(dir, "net.d"), PluginBinary: pluginBinary(t),
-		AgentSocket: p.sock, LogLevel: "debug", LogFile: n.logFile,
+		AgentSocket: p.sock, LogLevel: "debug", LogFile: n.logFile, CNIVersion: n.opts.cniVersion,
 	})
 	if err != nil {
 		t.Fatal(err)

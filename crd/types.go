@@ -101,7 +101,8 @@ type IPAMHandle struct {
 // HandleSpec is api.Handle's fields without apiVersion and kind
 // (TestSpecsMirrorAPI keeps the two in step).
 type HandleSpec struct {
-	// ID is the allocation handle, for example k8s-pod-network.<container ID>.
+	// ID is the allocation handle: for a pod, its container ID, a dot and the
+	// interface name (for example 0123abcd.eth0).
 	ID string `json:"id"`
 	// Blocks maps block CIDR to the number of the handle's addresses in it.
 	// +optional
