@@ -81,6 +81,7 @@ func Contention(t *testing.T, newStore func(t *testing.T) datastore.Store, agent
 	ctx, cancel := context.WithTimeout(context.Background(), contentionTimeout)
 	defer cancel()
 	s := newStore(t)
+	began := time.Now()
 	tok := token(t)
 	poolName := "ipamtest-" + tok
 	pool := pickCIDR(ctx, t, s, 32-hostBits)
@@ -126,6 +127,8 @@ func Contention(t *testing.T, newStore func(t *testing.T) datastore.Store, agent
 		}
 		spareSet[netip.MustParsePrefix(b.CIDR)] = true
 	}
+
+	t.Logf("filled %d addresses for the spare node and claimed %d empty blocks in %v", filled, spareBlocks, time.Since(began).Round(time.Millisecond))
 
 	// Allocate.
 	results := make([][]result, agents)
@@ -181,6 +184,7 @@ func Contention(t *testing.T, newStore func(t *testing.T) datastore.Store, agent
 		}
 	}
 	t.Logf("%d allocations succeeded and %d found the pool exhausted in %v", ok, exhausted, elapsed.Round(time.Millisecond))
+	start = time.Now()
 	if ok != capacity || exhausted != total-capacity {
 		t.Fatalf("%d allocations succeeded and %d failed with exhaustion; want exactly the pool's %d and %d", ok, exhausted, capacity, total-capacity)
 	}
@@ -262,6 +266,8 @@ func Contention(t *testing.T, newStore func(t *testing.T) datastore.Store, agent
 		t.FailNow()
 	}
 
+	t.Logf("checked the blocks, the handles and HandleAddrs of %d handles in %v", total, time.Since(start).Round(time.Millisecond))
+
 	// Release every other handle, each agent its own, concurrently.
 	start = time.Now()
 	var mu sync.Mutex
@@ -333,7 +339,9 @@ func Contention(t *testing.T, newStore func(t *testing.T) datastore.Store, agent
 	if rel, err := admin.ReleaseHandle(ctx, fillHandle); err != nil || len(rel) != filled {
 		t.Errorf("release the spare node's %d addresses: released %d, %v", filled, len(rel), err)
 	}
+	start = time.Now()
 	cleanup(ctx, t, s, admin, agentsIPAM, results, handle, pool, poolName, tok)
+	t.Logf("released the rest, reclaimed the blocks and deleted the pool in %v; %v in all", time.Since(start).Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
 }
 
 // result is the outcome of one allocation.
@@ -342,19 +350,25 @@ type result struct {
 	err  error
 }
 
-// cleanup releases every remaining handle, reclaims the pool's blocks and
-// deletes the pool, then checks that nothing of the test is left.
+// cleanup releases every remaining handle (each agent its own,
+// concurrently), reclaims the pool's blocks and deletes the pool, then
+// checks that nothing of the test is left.
 func cleanup(ctx context.Context, t *testing.T, s datastore.Store, admin *ipam.IPAM, ms []*ipam.IPAM, results [][]result, handle func(i, j int) string, pool netip.Prefix, poolName, tok string) {
 	t.Helper()
+	var wg sync.WaitGroup
 	for i, m := range ms {
-		for j, r := range results[i] {
-			if j%2 == 1 && r.err == nil {
-				if _, err := m.ReleaseHandle(ctx, handle(i, j)); err != nil {
-					t.Errorf("release %s: %v", handle(i, j), err)
+		wg.Go(func() {
+			for j, r := range results[i] {
+				if j%2 == 1 && r.err == nil {
+					if _, err := m.ReleaseHandle(ctx, handle(i, j)); err != nil {
+						t.Errorf("release %s: %v", handle(i, j), err)
+						return
+					}
 				}
 			}
-		}
+		})
 	}
+	wg.Wait()
 	refs, err := admin.EmptyBlocks(ctx)
 	if err != nil {
 		t.Fatal(err)
