@@ -4,7 +4,9 @@
 // the agent's memory) and IPAM throughput. It builds the seed lab itself
 // (package lab: real etcd, real `twill node run` agents, pods through
 // libcni and the twill-cni plugin), measures, and tears everything down,
-// on success, failure and Ctrl-C.
+// on success, failure and Ctrl-C. With Options.Kubernetes it then builds
+// the seed lab again on the Kubernetes datastore and measures the figures
+// the datastore takes part in there too, each set against its etcd row.
 //
 // Every figure is set next to a baseline measured in the same run on the
 // same machine, and the table's ratio is figure ÷ baseline. Timings come
@@ -61,7 +63,21 @@ type Options struct {
 	StateDir string
 	// Progress receives one line per step; nil discards them.
 	Progress io.Writer
+	// Kubernetes measures the figures the datastore takes part in
+	// (KubeFigures: convergence, cni-add, ipam) a second time, on the seed
+	// lab built on the Kubernetes datastore (a kube-apiserver on the lab's
+	// etcd, which needs the binary scripts/kube-build.sh builds), each row
+	// set against the same figure's etcd row.
+	Kubernetes bool
 }
+
+// datastoreKubernetes is the Datastore of the rows measured on the Kubernetes
+// datastore.
+const datastoreKubernetes = "kubernetes"
+
+// KubeFigures are the figures Options.Kubernetes measures on the
+// Kubernetes datastore too.
+var KubeFigures = []string{FigConvergence, FigCNIAdd, FigIPAM}
 
 // sizes are the sample counts and durations of one run.
 type sizes struct {

@@ -121,6 +121,38 @@ func TestErrorAndEmptyRows(t *testing.T) {
 	}
 }
 
+// TestVersusEtcd: a row of the Kubernetes datastore takes the etcd row's
+// result as its baseline, so that its ratio is kubernetes ÷ etcd; its
+// title names the datastore; a row without goals says so.
+func TestVersusEtcd(t *testing.T) {
+	goal := Goal{Stat: StatP99, AtMost: true, Limit: 250}
+	etcd := latencyRow(FigConvergence, "new node", durations(10, 20), durations(1, 2), "(etcd put→watch event)", goal)
+	k := versusEtcd(&etcd, FigConvergence, "new node", "ms", true, latencyMeasurement(durations(30, 80)), goal)
+	if k.Baseline != etcd.Result || k.Ratio.P50 != 3 || k.Ratio.P99 != 4 || k.Datastore != "kubernetes" {
+		t.Errorf("kubernetes row: baseline %+v (etcd result %+v), ratio %+v, datastore %q; want the etcd result, ratios 3 and 4", k.Baseline, etcd.Result, k.Ratio, k.Datastore)
+	}
+	if k.Title() != "convergence: new node (kubernetes)" || etcd.Title() != "convergence: new node" {
+		t.Errorf("titles %q and %q", k.Title(), etcd.Title())
+	}
+	if !k.Met || k.Verdict != VerdictMet {
+		t.Errorf("p99 80 ms against p99 ≤ 250 ms: verdict %q", k.Verdict)
+	}
+	ipamEtcd := valueRow(FigIPAM, "1 worker", "alloc/s", Measurement{Samples: 10, Value: 200}, Measurement{Samples: 10, Value: 400}, "(raw)", Goal{Stat: StatRatio, Limit: 0.5})
+	ki := versusEtcd(&ipamEtcd, FigIPAM, "1 worker", "alloc/s", false, Measurement{Samples: 10, Value: 50}, kubeGoals(&ipamEtcd)...)
+	if ki.Ratio.Value != 0.25 || len(ki.Goals) != 0 || ki.Verdict != VerdictNoGoal || ki.Met {
+		t.Errorf("ipam kubernetes row: ratio %v, goals %v, verdict %q, met %v; want 0.25, none, %q, false", ki.Ratio.Value, ki.Goals, ki.Verdict, ki.Met, VerdictNoGoal)
+	}
+	// Without an etcd row there is no ratio to show.
+	none := versusEtcd(nil, FigIPAM, "1 worker", "alloc/s", false, Measurement{Samples: 10, Value: 50})
+	if none.ratioCell() != "-" || !strings.Contains(none.BaselineWhat, "no etcd figure") {
+		t.Errorf("row without an etcd row: ratio cell %q, baseline %q", none.ratioCell(), none.BaselineWhat)
+	}
+	fails := kubeFailRows([]Row{etcd}, FigConvergence, errors.New("no apiserver"))
+	if len(fails) != 1 || fails[0].Case != "new node" || fails[0].Verdict != VerdictError || fails[0].Datastore != "kubernetes" {
+		t.Errorf("kubeFailRows = %+v", fails)
+	}
+}
+
 func TestWriteTableAndJSON(t *testing.T) {
 	rows := []Row{
 		latencyRow(FigSelfHeal, "route", durations(2, 4), durations(1, 1), "(netlink route add→event)", Goal{Stat: StatP99, AtMost: true, Limit: 50}),

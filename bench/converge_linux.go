@@ -68,6 +68,15 @@ func awaitAll(ctx context.Context, ws []*Watcher, want []Key, timeout time.Durat
 // and released) and its routes awaited gone, so every sample starts from
 // the same cluster. The first warmup peers are not timed.
 func ConvergenceSamples(ctx context.Context, store datastore.Store, nsPaths []string, peers []Peer, warmup int) ([]time.Duration, error) {
+	return ConvergenceSamplesWith(ctx, store, nsPaths, peers, warmup, nil)
+}
+
+// ConvergenceSamplesWith is ConvergenceSamples with register, when not
+// nil, called for each peer before its sample starts (untimed): on the
+// Kubernetes datastore it registers the peer's v1.Node, as the peer's
+// kubelet would before its agent writes the Twill node (the timed Node
+// create annotates that v1.Node, and the untimed removal deletes it).
+func ConvergenceSamplesWith(ctx context.Context, store datastore.Store, nsPaths []string, peers []Peer, warmup int, register func(context.Context, Peer) error) ([]time.Duration, error) {
 	ws := make([]*Watcher, 0, len(nsPaths))
 	defer func() {
 		for _, w := range ws {
@@ -87,6 +96,11 @@ func ConvergenceSamples(ctx context.Context, store datastore.Store, nsPaths []st
 		nkv, err := datastore.NewKV(datastore.KindNode, p.Name, p.Node())
 		if err != nil {
 			return nil, err
+		}
+		if register != nil {
+			if err := register(ctx, p); err != nil {
+				return nil, fmt.Errorf("register peer %s: %w", p.Name, err)
+			}
 		}
 		for _, w := range ws {
 			w.Settle(settleQuiet, settleMax)

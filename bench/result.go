@@ -74,6 +74,11 @@ type Row struct {
 	// Figure is one of Figures; Case tells rows of one figure apart.
 	Figure string `json:"figure"`
 	Case   string `json:"case,omitempty"`
+	// Datastore is "kubernetes" for a figure measured again on the
+	// Kubernetes datastore, whose baseline is the same figure's etcd row
+	// of this run (so the ratio is kubernetes ÷ etcd); "" for the etcd
+	// lab's figures and those no datastore takes part in.
+	Datastore string `json:"datastore,omitempty"`
 	// Unit is the unit of Result's and Baseline's numbers.
 	Unit string `json:"unit"`
 	// Latency marks rows of latency samples (p50/p99).
@@ -87,8 +92,9 @@ type Row struct {
 	// Ratio is Result ÷ Baseline, statistic by statistic.
 	Ratio Measurement `json:"ratio"`
 	Goals []Goal      `json:"goals"`
-	// Goal renders Goals; Met reports whether all of them hold; Verdict is
-	// "met", "not met" or "error".
+	// Goal renders Goals; Met reports whether the row has goals and all of
+	// them hold; Verdict is "met", "not met", "error" or, for a row
+	// without a goal (shown for comparison), "no goal".
 	Goal    string `json:"goal"`
 	Met     bool   `json:"met"`
 	Verdict string `json:"verdict"`
@@ -101,14 +107,20 @@ const (
 	VerdictMet    = "met"
 	VerdictNotMet = "not met"
 	VerdictError  = "error"
+	VerdictNoGoal = "no goal"
 )
 
-// Title is the row's name in the table: "self-heal: route".
+// Title is the row's name in the table: "self-heal: route", and for a
+// row of the Kubernetes datastore "convergence: ... (kubernetes)".
 func (r Row) Title() string {
-	if r.Case == "" {
-		return r.Figure
+	t := r.Figure
+	if r.Case != "" {
+		t += ": " + r.Case
 	}
-	return r.Figure + ": " + r.Case
+	if r.Datastore != "" {
+		t += " (" + r.Datastore + ")"
+	}
+	return t
 }
 
 func latencyMeasurement(samples []time.Duration) Measurement {
@@ -128,6 +140,30 @@ func latencyRow(fig, cas string, samples, base []time.Duration, baseWhat string,
 // valueRow builds a row of one value against a baseline value.
 func valueRow(fig, cas, unit string, v Measurement, base Measurement, baseWhat string, goals ...Goal) Row {
 	r := Row{Figure: fig, Case: cas, Unit: unit, Result: v, Baseline: base, BaselineWhat: baseWhat, Goals: goals}
+	r.finish()
+	return r
+}
+
+// versusEtcd builds the row of a figure measured on the Kubernetes
+// datastore: its baseline is the same figure's etcd row of this run
+// (etcd; nil when there is none), so that its ratio is kubernetes ÷ etcd.
+// Its goals are the figure's own where they bound the figure itself.
+func versusEtcd(etcd *Row, fig, cas, unit string, latency bool, m Measurement, goals ...Goal) Row {
+	r := Row{Figure: fig, Case: cas, Datastore: datastoreKubernetes, Unit: unit, Latency: latency, Result: m, Goals: goals,
+		BaselineWhat: "(etcd: the row above)"}
+	if etcd != nil && etcd.Error == "" {
+		r.Baseline = etcd.Result
+	} else {
+		r.BaselineWhat = "(no etcd figure in this run)"
+	}
+	r.finish()
+	return r
+}
+
+// kubeErrorRow records a figure that could not be measured on the
+// Kubernetes datastore.
+func kubeErrorRow(fig, cas, unit string, err error, goals ...Goal) Row {
+	r := Row{Figure: fig, Case: cas, Datastore: datastoreKubernetes, Unit: unit, Goals: goals, Error: err.Error()}
 	r.finish()
 	return r
 }
@@ -166,6 +202,8 @@ func (r *Row) finish() {
 		if r.Error == "" {
 			r.Error = "no value was measured"
 		}
+	case len(r.Goals) == 0:
+		r.Met, r.Verdict = false, VerdictNoGoal
 	case met:
 		r.Met, r.Verdict = true, VerdictMet
 	default:
@@ -240,7 +278,7 @@ func (m Measurement) cell(latency bool, unit string) string {
 }
 
 func (r Row) ratioCell() string {
-	if r.Error != "" && r.Ratio.Value == 0 {
+	if (r.Error != "" && r.Ratio.Value == 0) || r.Baseline.Value == 0 {
 		return "-"
 	}
 	if r.Latency {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/client-go/kubernetes"
 
 	"twill.dev/twill/api"
 	"twill.dev/twill/datastore"
@@ -41,6 +42,9 @@ type runner struct {
 	state   *lab.State
 	layout  *lab.Layout
 	store   datastore.Store
+	// kube is the Kubernetes client of the lab on the Kubernetes
+	// datastore while it runs; nil on the etcd lab.
+	kube kubernetes.Interface
 
 	mu    sync.Mutex
 	extra []string // namespaces this run created outside the labs
@@ -129,6 +133,14 @@ func Run(ctx context.Context, opts Options) (rows []Row, err error) {
 		}
 		r.progress("taking the seed lab down")
 		if err := r.downMain(ctx); err != nil {
+			return collect(got), err
+		}
+	}
+	if r.opts.Kubernetes && slices.ContainsFunc(KubeFigures, r.want) {
+		if err := ctx.Err(); err != nil {
+			return collect(got), fmt.Errorf("interrupted: %w", err)
+		}
+		if err := r.kubeRun(ctx, got); err != nil {
 			return collect(got), err
 		}
 	}
@@ -295,6 +307,7 @@ func openLabStore(ctx context.Context, st *lab.State) (datastore.Store, error) {
 }
 
 func (r *runner) downMain(ctx context.Context) error {
+	r.kube = nil
 	if err := r.deleteExtra(); err != nil {
 		return err
 	}
@@ -473,18 +486,26 @@ func (r *runner) convergencePeers(ctx context.Context, n int) ([]Peer, error) {
 	return peers, nil
 }
 
+// convergenceGoal is figure 2's goal.
+var convergenceGoal = Goal{Stat: StatP99, AtMost: true, Limit: 250}
+
+// convergenceCase is figure 2's case name, and the paths of the nodes
+// whose kernels it watches.
+func (r *runner) convergenceCase() (cas string, paths []string) {
+	nodes := r.layout.Nodes()
+	for _, m := range nodes {
+		paths = append(paths, lab.NetnsPath(m.Netns))
+	}
+	return fmt.Sprintf("new node → route on all %d nodes", len(nodes)), paths
+}
+
 // convergence is figure 2.
 func (r *runner) convergence(ctx context.Context) []Row {
-	goal := Goal{Stat: StatP99, AtMost: true, Limit: 250}
-	nodes := r.layout.Nodes()
-	cas := fmt.Sprintf("new node → route on all %d nodes", len(nodes))
+	goal := convergenceGoal
+	cas, paths := r.convergenceCase()
 	peers, err := r.convergencePeers(ctx, r.sz.converge+r.sz.warmup)
 	if err != nil {
 		return []Row{errorRow(FigConvergence, cas, "ms", err, goal)}
-	}
-	var paths []string
-	for _, m := range nodes {
-		paths = append(paths, lab.NetnsPath(m.Netns))
 	}
 	r.progress("convergence: %d peers registered one at a time, routes awaited on %d nodes", len(peers), len(paths))
 	samples, err := ConvergenceSamples(ctx, r.store, paths, peers, r.sz.warmup)
@@ -500,13 +521,19 @@ func (r *runner) convergence(ctx context.Context) []Row {
 	return []Row{row}
 }
 
+// ipamCases are figure 7's cases.
+var ipamCases = []struct {
+	name    string
+	workers int
+}{{"allocations, 1 worker", 1}, {"allocations, 8 workers", 8}}
+
+// ipamNode is the node figure 7 allocates for.
+const ipamNode = "twb-ipam-bench"
+
 // ipamFigure is figure 7.
 func (r *runner) ipamFigure(ctx context.Context) []Row {
 	goal := Goal{Stat: StatRatio, AtMost: false, Limit: 0.5}
-	cases := []struct {
-		name    string
-		workers int
-	}{{"allocations, 1 worker", 1}, {"allocations, 8 workers", 8}}
+	cases := ipamCases
 	m := ipam.New(r.store)
 	n := r.sz.ipamN
 	fail := func(err error) []Row {
@@ -520,7 +547,7 @@ func (r *runner) ipamFigure(ctx context.Context) []Row {
 	if _, err := etcd.RawTxnRate(ctx, r.store, 20); err != nil {
 		return fail(err)
 	}
-	if _, err := ipam.AllocationRate(ctx, m, "twb-ipam-bench", 20, 1); err != nil {
+	if _, err := ipam.AllocationRate(ctx, m, ipamNode, 20, 1); err != nil {
 		return fail(err)
 	}
 	r.progress("ipam: %d raw transactions, then %d allocations with 1 and with 8 workers", n, n)
@@ -530,7 +557,7 @@ func (r *runner) ipamFigure(ctx context.Context) []Row {
 	}
 	var rows []Row
 	for _, c := range cases {
-		rate, err := ipam.AllocationRate(ctx, m, "twb-ipam-bench", n, c.workers)
+		rate, err := ipam.AllocationRate(ctx, m, ipamNode, n, c.workers)
 		if err != nil {
 			rows = append(rows, errorRow(FigIPAM, c.name, "alloc/s", err, goal))
 			continue
@@ -660,9 +687,12 @@ func (r *runner) addBatches(ctx context.Context, node, prefix string, width, rou
 		if err != nil {
 			return nil, err
 		}
+		if err := r.createPodObjects(ctx, specs); err != nil {
+			return nil, err
+		}
 		l, _, err := r.addPods(ctx, specs)
 		derr := r.delPods(ctx, specs)
-		if err = errors.Join(err, derr); err != nil {
+		if err = errors.Join(err, derr, r.deletePodObjects(ctx, specs)); err != nil {
 			return nil, err
 		}
 		if i >= warmup {
@@ -691,16 +721,22 @@ func (r *runner) plumbBatches(node lab.Member, width, rounds, warmup int) ([]tim
 	return lat, nil
 }
 
+// cniGoals are figure 3's goals, cniCases its cases.
+var (
+	cniGoals = []Goal{{Stat: StatP50, AtMost: true, Limit: 10}, {Stat: StatP99, AtMost: true, Limit: 40}}
+	cniCases = []struct {
+		name  string
+		width int
+	}{{"serial", 1}, {"16 in parallel", 16}}
+)
+
 // cniAdd is figure 3.
 func (r *runner) cniAdd(ctx context.Context) []Row {
-	goals := []Goal{{Stat: StatP50, AtMost: true, Limit: 10}, {Stat: StatP99, AtMost: true, Limit: 40}}
+	goals := cniGoals
 	node := r.cniNode(false)
 	n := r.sz.cni
 	var rows []Row
-	for _, c := range []struct {
-		name  string
-		width int
-	}{{"serial", 1}, {"16 in parallel", 16}} {
+	for _, c := range cniCases {
 		rounds := (n + c.width - 1) / c.width
 		r.progress("cni-add: %s on %s, %d ADDs", c.name, node.Name, rounds*c.width)
 		lat, err := r.addBatches(ctx, node.Name, fmt.Sprintf("bench-add%d", c.width), c.width, rounds, r.sz.warmup)
@@ -740,10 +776,13 @@ func (r *runner) podBurst(ctx context.Context) []Row {
 		if err != nil {
 			return []Row{errorRow(FigPodBurst, cas, "s", err, goal)}
 		}
+		if err := r.createPodObjects(ctx, specs); err != nil {
+			return []Row{errorRow(FigPodBurst, cas, "s", err, goal)}
+		}
 		r.progress("pod-burst: round %d of %d: %d ADDs at once on %s", i+1, r.sz.burstRounds, burstPods, node.Name)
 		lat, total, err := r.addPods(ctx, specs)
 		derr := r.delPods(ctx, specs)
-		if err = errors.Join(err, derr); err != nil {
+		if err = errors.Join(err, derr, r.deletePodObjects(ctx, specs)); err != nil {
 			return []Row{errorRow(FigPodBurst, cas, "s", err, goal)}
 		}
 		all = append(all, lat...)

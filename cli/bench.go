@@ -29,15 +29,19 @@ each measurement, tears everything down and prints one table: the figure
 their ratio (figure ÷ baseline), the goal and whether it is met.
 
 Figures: ` + strings.Join(bench.Figures, ", ") + `.
+Then (unless --kubernetes=false) it builds the seed lab again on the Kubernetes
+datastore (a real kube-apiserver on the lab's etcd) and measures
+` + strings.Join(bench.KubeFigures, ", ") + ` there too: those rows say "(kubernetes)", and their
+baseline is the same figure's etcd row, so their ratio is kubernetes ÷ etcd.
 The bench's namespaces start with "twb"; its state lives in ` + bench.DefaultStateDir + `,
 apart from "twill lab"'s. It needs root, and iperf3 for the throughput figure.
 Ctrl-C tears down everything built so far. See docs/benchmarks.md for the
 method and the baselines.`,
 		Args: usage(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// The bench's labs run their own etcd (see labDatastore).
-			if err := labDatastore(g); err != nil {
-				return err
+			// The bench builds its labs on both datastores itself.
+			if g.given.typ {
+				return usageErr(errors.New("--datastore: twill bench measures its own labs on etcd and, unless --kubernetes=false, on kubernetes; it takes no datastore"))
 			}
 			if output != "table" && output != "json" {
 				return usageErr(fmt.Errorf("-o %q: use table or json", output))
@@ -63,6 +67,7 @@ method and the baselines.`,
 	}
 	f := cmd.Flags()
 	f.BoolVar(&opts.Quick, "quick", false, "a reduced run of every figure (fewer samples, 500 nodes instead of 5,000, 1 s iperf3 runs)")
+	f.BoolVar(&opts.Kubernetes, "kubernetes", true, "also build the seed lab on the Kubernetes datastore (kube-apiserver from scripts/kube-build.sh) and measure "+strings.Join(bench.KubeFigures, ", ")+" there, beside etcd")
 	f.StringVar(&opts.Only, "only", "", "run one figure: "+strings.Join(bench.Figures, ", "))
 	f.StringVarP(&output, "output", "o", "table", "output format: table or json")
 	f.StringVar(&opts.StateDir, "state-dir", bench.DefaultStateDir, "directory for the bench labs' state, logs and sockets")

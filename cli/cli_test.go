@@ -418,7 +418,8 @@ func TestDatastoreSelection(t *testing.T) {
 		{nil, []string{"get", "ippools", "--datastore", "consul"}, []string{"consul", "etcd or kubernetes"}},
 		{[]string{"TWILL_DATASTORE_TYPE=consul"}, []string{"get", "ippools"}, []string{"consul", "etcd or kubernetes"}},
 		{nil, []string{"get", "ippools", "--etcd-endpoints", ep, "--kubeconfig", "/nonexistent"}, []string{"--datastore"}},
-		{nil, []string{"lab", "up", "--datastore", "kubernetes"}, []string{"etcd", "kubernetes"}},
+		{nil, []string{"lab", "up", "--datastore", "consul"}, []string{"consul", "etcd or kubernetes"}},
+		{nil, []string{"lab", "up", "--datastore", "kubernetes", "--kubeconfig", "/nonexistent"}, []string{"--kubeconfig", "its own kubeconfig"}},
 		{[]string{"TWILL_DATASTORE_TYPE=kubernetes"}, []string{"bench", "--only", "ipam"}, []string{"etcd", "kubernetes"}},
 	} {
 		r := twillEnv(t, tc.env, "", tc.args...)

@@ -37,8 +37,9 @@ func newLabCmd(g *globals) *cobra.Command {
 		Long: `lab builds a topology (the seed cluster by default) on one Linux machine:
 one network namespace per node and per plain host, a router namespace joining
 the subnets (it has no uplink: lab traffic never leaves the machine), the
-embedded etcd, one real node agent per node and the pods. Nothing is added to
-the root network namespace. Everything created is recorded in the state
+embedded etcd (with --datastore kubernetes, a kube-apiserver on it too), one
+real node agent per node and the pods. Nothing is added to the root network
+namespace. Everything created is recorded in the state
 directory so that "twill lab down" removes it, even after a crash.
 
 Built-in topologies: ` + strings.Join(lab.Builtin(), ", ") + `.`,
@@ -48,25 +49,27 @@ Built-in topologies: ` + strings.Join(lab.Builtin(), ", ") + `.`,
 	pf.StringVar(&f.stateDir, "state-dir", lab.DefaultStateDir, "directory for the lab's state file, lock, logs and sockets")
 	pf.StringVar(&f.prefix, "prefix", lab.DefaultPrefix, `start of every namespace name ("tw" and up to 6 letters or digits)`)
 	_ = pf.MarkHidden("prefix")
-	cmd.AddCommand(newLabUpCmd(f, g), newLabDownCmd(f), newLabStatusCmd(f), newLabExecCmd(f), newLabReportCmd(f), newLabValidateCmd())
+	cmd.AddCommand(newLabUpCmd(f, g), newLabDownCmd(f), newLabStatusCmd(f), newLabExecCmd(f), newLabReportCmd(f), newLabValidateCmd(),
+		newLabKubeAPIServerCmd())
 	return cmd
 }
 
-// labDatastore checks the datastore selection for `lab up` and `bench`:
-// their labs run their own etcd, so an explicit choice of any other
-// datastore is refused.
-func labDatastore(g *globals) error {
+// labDatastore returns the datastore `lab up` builds its lab on: etcd
+// (the lab's embedded etcd) unless --datastore (or its environment
+// variable) says kubernetes (a kube-apiserver on that etcd). The lab makes
+// its own kubeconfig, so an explicit --kubeconfig is refused.
+func labDatastore(g *globals) (string, error) {
 	if !g.given.typ {
-		return nil
+		return open.TypeEtcd, nil
 	}
 	typ, err := open.ParseType(g.datastore)
 	if err != nil {
-		return usageErr(fmt.Errorf("--datastore: %w", err))
+		return "", usageErr(fmt.Errorf("--datastore: %w", err))
 	}
-	if typ != open.TypeEtcd {
-		return usageErr(fmt.Errorf("the lab runs its own etcd; --datastore %s is not supported by `twill lab up` and `twill bench` yet", typ))
+	if typ == open.TypeKubernetes && g.given.kubeconfig {
+		return "", usageErr(errors.New("--kubeconfig: the lab runs its own kube-apiserver and writes its own kubeconfig (`twill lab up` prints its path)"))
 	}
-	return nil
+	return typ, nil
 }
 
 func newLabUpCmd(f *labFlags, g *globals) *cobra.Command {
@@ -74,17 +77,29 @@ func newLabUpCmd(f *labFlags, g *globals) *cobra.Command {
 	var timeout time.Duration
 	var report bool
 	cmd := &cobra.Command{
-		Use:   "up [-t TOPOLOGY|FILE] [--until network|datastore|agents|pods]",
+		Use:   "up [-t TOPOLOGY|FILE] [--until network|datastore|agents|pods] [--datastore etcd|kubernetes]",
 		Short: "Build the lab and leave it running",
 		Long: `up validates the topology, then builds it stage by stage: the network
 (namespaces, router, eth0s, routes), the datastore (etcd, pools, pinned
 blocks), the agents (one "twill node run" per node, waited for until every
 node's kernel routes match the plan) and the pods. When a step fails, or on
 Ctrl-C, everything built so far is removed again. With --report (the default)
-the lab report follows once agents run.`,
+the lab report follows once agents run.
+
+With --datastore kubernetes the lab also runs a real kube-apiserver on
+127.0.0.1, backed by the lab's etcd (the binary scripts/kube-build.sh builds;
+TWILL_KUBE_DIR points elsewhere), installs Twill's CRDs, creates a v1.Node per
+node and a v1.Pod per pod (before its CNI ADD, as a kubelet would), and runs
+the agents with --datastore kubernetes, the IPAM garbage collector included
+(3 s grace). up prints the lab's kubeconfig; other twill commands use it by
+themselves while the lab runs, and kubectl with KUBECONFIG=<path>.`,
+		Example: `  sudo twill lab up
+  sudo twill lab up --datastore kubernetes
+  sudo KUBECONFIG=/run/twill-lab/kube/kubeconfig kubectl get ippools,nodes`,
 		Args: usage(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := labDatastore(g); err != nil {
+			typ, err := labDatastore(g)
+			if err != nil {
 				return err
 			}
 			stage, err := lab.ParseStage(until)
@@ -99,6 +114,7 @@ the lab report follows once agents run.`,
 			opts := f.options(out)
 			opts.Until = stage
 			opts.ConvergeTimeout = timeout
+			opts.Datastore = typ
 			if stage == lab.StagePods {
 				if opts.Pods, err = lab.NewCNIPodAdder(opts); err != nil {
 					return err
@@ -117,6 +133,9 @@ the lab report follows once agents run.`,
 			}
 			fmt.Fprintln(out)
 			r.WriteText(out)
+			if st, err := lab.LoadState(opts.StateDir); err == nil && st.Kubeconfig != "" {
+				fmt.Fprintf(out, "\nThe datastore is Kubernetes: KUBECONFIG=%s kubectl get ippools,nodes\n", st.Kubeconfig)
+			}
 			if !r.OK() {
 				return errors.New("the lab is up, but the report found problems (see above); `twill lab down` removes it")
 			}
@@ -259,5 +278,36 @@ func newLabValidateCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&topo, "topology", "t", lab.DefaultTopology, "built-in topology name ("+strings.Join(lab.Builtin(), ", ")+") or a topology file")
+	return cmd
+}
+
+// newLabKubeAPIServerCmd is the process `twill lab up --datastore
+// kubernetes` runs kube-apiserver through (lab.RunAPIServer): recorded in
+// the lab's state before the apiserver starts, it stops the apiserver on
+// SIGTERM and takes it along when it dies. Hidden: the lab runs it.
+func newLabKubeAPIServerCmd() *cobra.Command {
+	var cfg lab.APIServerConfig
+	var servers string
+	cmd := &cobra.Command{
+		Use:    "kube-apiserver --dir DIR --etcd-servers URL[,URL]",
+		Short:  "Run the lab's kube-apiserver until interrupted (the lab runs this)",
+		Hidden: true,
+		Args:   usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, u := range strings.Split(servers, ",") {
+				if u = strings.TrimSpace(u); u != "" {
+					cfg.EtcdServers = append(cfg.EtcdServers, u)
+				}
+			}
+			if cfg.Dir == "" || len(cfg.EtcdServers) == 0 {
+				return usageErr(errors.New("give --dir and --etcd-servers"))
+			}
+			return lab.RunAPIServer(cmd.Context(), cfg, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Dir, "dir", "", "directory for the certificates, the kubeconfig, the log and ready.json")
+	f.StringVar(&servers, "etcd-servers", "", "etcd client URLs, comma-separated")
+	f.StringVar(&cfg.Binary, "binary", "", "the kube-apiserver binary (default: the one scripts/kube-build.sh built)")
 	return cmd
 }

@@ -94,6 +94,7 @@ func newNodeRunCmd(g *globals) *cobra.Command {
 	// GOMEMLIMIT overrides it.
 	cfg := agent.Config{MemoryLimit: agent.DefaultMemoryLimit}
 	var logLevel, gcNamespace string
+	var gcGrace, gcInterval time.Duration
 	run := &cobra.Command{
 		Use:   "run [--name NAME] [--ip ADDR[/LEN] | --ip-autodetection-method METHOD] [--netns PATH] [--socket PATH]",
 		Short: "Register this node and keep its routes, VXLAN device, neighbours and FDB in line with the datastore",
@@ -121,13 +122,16 @@ With --netns every lookup and change happens in that network namespace.
 The datastore is etcd or the Kubernetes API server (--datastore, default
 kubernetes inside a pod). With kubernetes the CNI ADD also reads the pod (its
 UID and its address and pool annotations), and the one agent that holds a
-Lease in --gc-lease-namespace runs the cluster's IPAM garbage collector.
+Lease in --gc-lease-namespace runs the cluster's IPAM garbage collector: every
+--ipam-gc-interval it releases the addresses of pods and nodes that have been
+gone from the Kubernetes API for --ipam-gc-grace (sooner after a Node is
+deleted). The lab runs it with a 3 s grace and a 2 s interval.
 
 Environment: NODENAME, IP, IP_AUTODETECTION_METHOD, TWILL_NETNS,
 TWILL_AGENT_SOCKET, TWILL_VXLAN_DEVICE, TWILL_VXLAN_VNI, TWILL_VXLAN_PORT,
 TWILL_VXLAN_MTU, TWILL_VTEP_MAC, TWILL_RESYNC_INTERVAL, TWILL_HEALTH_ADDR,
 TWILL_METRICS_ADDR, TWILL_LOG_LEVEL, TWILL_GC_LEASE_NAMESPACE (or
-POD_NAMESPACE), and the datastore's (see twill --help); flags win. The agent sets a soft Go
+POD_NAMESPACE), TWILL_IPAM_GC_GRACE, TWILL_IPAM_GC_INTERVAL, and the datastore's (see twill --help); flags win. The agent sets a soft Go
 memory limit of 36 MiB (enough for 5,000 nodes and 100,000 pods); set
 GOMEMLIMIT (e.g. 128MiB, or off) to change it for larger clusters.`,
 		Args: usage(cobra.NoArgs),
@@ -171,7 +175,11 @@ GOMEMLIMIT (e.g. 128MiB, or off) to change it for larger clusters.`,
 			}
 			defer s.Close()
 			if storeCfg.Type == open.TypeKubernetes {
-				if err := kubeHooks(&cfg, storeCfg, gcNamespace); err != nil {
+				if gcGrace <= 0 || gcInterval <= 0 {
+					return usageErr(fmt.Errorf("--ipam-gc-grace (%s) and --ipam-gc-interval (%s) must be positive", gcGrace, gcInterval))
+				}
+				gc := kube.GCConfig{Namespace: gcNamespace, Grace: gcGrace, Interval: gcInterval}
+				if err := kubeHooks(&cfg, storeCfg, gc); err != nil {
 					return err
 				}
 			}
@@ -196,6 +204,8 @@ GOMEMLIMIT (e.g. 128MiB, or off) to change it for larger clusters.`,
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr("", "TWILL_METRICS_ADDR"), "HOST:PORT for Prometheus /metrics, e.g. 127.0.0.1:9091; \"\" disables (env TWILL_METRICS_ADDR)")
 	f.DurationVar(&cfg.GCGrace, "gc-grace", envDuration(agent.DefaultGCGrace, &envErrs, "TWILL_GC_GRACE"), "CNI GC spares addresses this agent handed out more recently than this (env TWILL_GC_GRACE)")
 	f.StringVar(&gcNamespace, "gc-lease-namespace", envOr(kube.DefaultNamespace, "TWILL_GC_LEASE_NAMESPACE", "POD_NAMESPACE"), "with --datastore kubernetes: namespace of the Lease that elects the one agent running the IPAM garbage collector (env TWILL_GC_LEASE_NAMESPACE, POD_NAMESPACE)")
+	f.DurationVar(&gcGrace, "ipam-gc-grace", envDuration(kube.DefaultGrace, &envErrs, "TWILL_IPAM_GC_GRACE"), "with --datastore kubernetes: how long a pod or node must have been gone from the Kubernetes API before the IPAM garbage collector releases its addresses (env TWILL_IPAM_GC_GRACE)")
+	f.DurationVar(&gcInterval, "ipam-gc-interval", envDuration(kube.DefaultInterval, &envErrs, "TWILL_IPAM_GC_INTERVAL"), "with --datastore kubernetes: time between the IPAM garbage collector's passes (env TWILL_IPAM_GC_INTERVAL)")
 	f.StringVar(&logLevel, "log-level", envOr("info", "TWILL_LOG_LEVEL"), "debug, info, warn or error (env TWILL_LOG_LEVEL)")
 	return run
 }
@@ -204,11 +214,19 @@ GOMEMLIMIT (e.g. 128MiB, or off) to change it for larger clusters.`,
 // datastore: the pod source (the CNI ADD reads the pod's UID and its
 // address and pool annotations) and, as a background task, the cluster's
 // IPAM garbage collector, which runs in the one agent holding the Lease in
-// namespace leaseNS.
-func kubeHooks(cfg *agent.Config, storeCfg open.Config, leaseNS string) error {
+// gc.Namespace, with gc's grace and interval (the client, IPAM, store,
+// identity and logger are filled in here).
+func kubeHooks(cfg *agent.Config, storeCfg open.Config, gc kube.GCConfig) error {
 	rc, err := open.RESTConfig(storeCfg)
 	if err != nil {
 		return err
+	}
+	if rc.QPS == 0 {
+		// No client-side limiter (client-go's default is 5 requests per
+		// second): every CNI ADD reads its pod, and a burst of ADDs would
+		// queue behind it; the apiserver's priority and fairness paces
+		// the requests instead, as for the datastore's own client.
+		rc.QPS = -1
 	}
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
@@ -216,8 +234,9 @@ func kubeHooks(cfg *agent.Config, storeCfg open.Config, leaseNS string) error {
 	}
 	cfg.Pods = kube.NewPodSource(client)
 	cfg.Background = append(cfg.Background, func(ctx context.Context, a *agent.Agent) {
-		err := kube.RunGC(ctx, kube.GCConfig{Client: client, IPAM: a.IPAM(), Store: a.Store(), Identity: a.NodeName(),
-			Namespace: leaseNS, Logger: a.Logger()})
+		gc := gc
+		gc.Client, gc.IPAM, gc.Store, gc.Identity, gc.Logger, gc.Metrics = client, a.IPAM(), a.Store(), a.NodeName(), a.Logger(), a.Metrics()
+		err := kube.RunGC(ctx, gc)
 		if err != nil && ctx.Err() == nil {
 			a.Logger().Error("the IPAM garbage collector stopped", "err", err)
 		}

@@ -12,6 +12,7 @@ import (
 	"twill.dev/twill/agent"
 	"twill.dev/twill/datastore/kubetest"
 	"twill.dev/twill/datastore/open"
+	"twill.dev/twill/kube"
 )
 
 // TestKubeHooks: with the kubernetes datastore, `node run` gives the agent
@@ -38,7 +39,7 @@ func TestKubeHooks(t *testing.T) {
 		t.Fatal(err)
 	}
 	var cfg agent.Config
-	if err := kubeHooks(&cfg, open.Config{Type: open.TypeKubernetes, Kubeconfig: c.Kubeconfig}, "kube-system"); err != nil {
+	if err := kubeHooks(&cfg, open.Config{Type: open.TypeKubernetes, Kubeconfig: c.Kubeconfig}, kube.GCConfig{Namespace: "kube-system"}); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Pods == nil || len(cfg.Background) != 1 {

@@ -102,6 +102,9 @@ func runtimeConf(p PodSpec) *libcni.RuntimeConf {
 			{"K8S_POD_INFRA_CONTAINER_ID", p.ContainerID},
 		},
 	}
+	if p.PodUID != "" {
+		rt.Args = append(rt.Args, [2]string{"K8S_POD_UID", p.PodUID})
+	}
 	if p.IP.IsValid() {
 		rt.CapabilityArgs = map[string]any{"ips": []string{p.IP.String() + "/32"}}
 	}

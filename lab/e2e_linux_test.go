@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"twill.dev/twill/cni"
+	"twill.dev/twill/datastore/open"
 	"twill.dev/twill/explain"
 	"twill.dev/twill/internal/nettest"
 	"twill.dev/twill/plan"
@@ -162,6 +163,32 @@ func TestEndToEndSeed(t *testing.T) {
 		}
 	}
 
+	checkSeedCluster(ctx, t, opts, seed)
+
+	if _, added := diff(before, rootState(t)); len(added) > 0 {
+		t.Errorf("the root namespace gained %v", added)
+	}
+	recorded, err := LoadState(opts.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recorded.Processes) != 5 {
+		t.Errorf("%d processes recorded, want etcd and 4 agents", len(recorded.Processes))
+	}
+	if err := Down(ctx, opts); err != nil {
+		t.Fatalf("Down: %v", err)
+	}
+	checkDownClean(t, opts, recorded, linksBefore)
+}
+
+// checkSeedCluster checks a running seed lab against what the seed
+// observed: the report's VTEPs, the pod-network lines of every node's
+// `route -n`, every pod reaching every other (156 pings), each node pair's
+// path as captured on eth0 (the seed's own pairs line for line), `twill
+// explain` agreeing with every capture, and a route deleted by hand coming
+// back.
+func checkSeedCluster(ctx context.Context, t *testing.T, opts Options, seed seedObserved) {
+	t.Helper()
 	r, err := Report(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -267,21 +294,6 @@ func TestEndToEndSeed(t *testing.T) {
 	if !healed {
 		t.Error("the deleted route to k8s-node1's block did not come back within 5s")
 	}
-
-	if _, added := diff(before, rootState(t)); len(added) > 0 {
-		t.Errorf("the root namespace gained %v", added)
-	}
-	recorded, err := LoadState(opts.StateDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(recorded.Processes) != 5 {
-		t.Errorf("%d processes recorded, want etcd and 4 agents", len(recorded.Processes))
-	}
-	if err := Down(ctx, opts); err != nil {
-		t.Fatalf("Down: %v", err)
-	}
-	checkDownClean(t, opts, recorded, linksBefore)
 }
 
 // TestEndToEndThreeSubnets runs the three-subnet topology: pods given as
@@ -410,14 +422,17 @@ func runExplain(ctx context.Context, t *testing.T, twill string, opts Options, s
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, twill, "explain", src, dst, "-o", "json", "--live",
-		"--datastore", st.DatastoreType(),
-		"--etcd-endpoints", st.Etcd,
+	store := []string{"--datastore", st.DatastoreType(), "--etcd-endpoints", st.Etcd}
+	if st.DatastoreType() == open.TypeKubernetes {
+		store = []string{"--datastore", st.DatastoreType(), "--kubeconfig", st.Kubeconfig}
+	}
+	args := append([]string{"explain", src, dst, "-o", "json", "--live"}, store...)
+	cmd := exec.CommandContext(ctx, twill, append(args,
 		"--lab-state-dir", opts.StateDir,
 		"--vxlan-device", l.VXLAN.Device,
 		"--vxlan-vni", strconv.Itoa(l.VXLAN.VNI),
 		"--vxlan-port", strconv.Itoa(l.VXLAN.Port),
-		"--vxlan-mtu", strconv.Itoa(l.VXLAN.MTU))
+		"--vxlan-mtu", strconv.Itoa(l.VXLAN.MTU))...)
 	cmd.Env = childEnv()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -445,8 +460,8 @@ func checkExplainAgrees(ctx context.Context, t *testing.T, twill string, opts Op
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Etcd == "" {
-		t.Fatal("the lab state records no etcd endpoint")
+	if _, ok := st.StoreConfig(); !ok {
+		t.Fatalf("the lab state records no way to reach its datastore (%s)", st.DatastoreDescription())
 	}
 	vtepMAC := map[string]string{}
 	for _, v := range r.VTEPs {

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"path/filepath"
 	"time"
+
+	"twill.dev/twill/datastore/open"
 )
 
 // Stage is how far `up` builds the lab; each stage includes the ones before.
@@ -53,6 +55,8 @@ func (s Stage) includes(o Stage) bool {
 const (
 	DefaultConvergeTimeout = 90 * time.Second
 	DefaultPingTimeout     = time.Second
+	DefaultKubeGCGrace     = 3 * time.Second
+	DefaultKubeGCInterval  = 2 * time.Second
 )
 
 // Options configure the lab operations. The zero value works: state in
@@ -85,6 +89,16 @@ type Options struct {
 	KeepLogs bool
 	// PingTimeout bounds each ping of the report (default 1s).
 	PingTimeout time.Duration
+	// Datastore is where the agents keep their state: open.TypeEtcd (the
+	// default) is the embedded etcd; open.TypeKubernetes is a
+	// kube-apiserver on loopback backed by that etcd, with Twill's CRDs,
+	// one v1.Node per lab node and one v1.Pod per lab pod.
+	Datastore string
+	// KubeGCGrace and KubeGCInterval are the agents' --ipam-gc-grace and
+	// --ipam-gc-interval on the kubernetes datastore (defaults
+	// DefaultKubeGCGrace and DefaultKubeGCInterval: short, so that the lab
+	// shows the garbage collector at work within seconds).
+	KubeGCGrace, KubeGCInterval time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -108,6 +122,15 @@ func (o Options) withDefaults() Options {
 	}
 	if o.PingTimeout <= 0 {
 		o.PingTimeout = DefaultPingTimeout
+	}
+	if o.Datastore == "" {
+		o.Datastore = open.TypeEtcd
+	}
+	if o.KubeGCGrace <= 0 {
+		o.KubeGCGrace = DefaultKubeGCGrace
+	}
+	if o.KubeGCInterval <= 0 {
+		o.KubeGCInterval = DefaultKubeGCInterval
 	}
 	return o
 }
@@ -139,6 +162,10 @@ type PodSpec struct {
 	NodeNetnsPath string
 	// AgentSocket is the node agent's CNI socket.
 	AgentSocket string
+	// PodUID is the UID of the pod's v1.Pod object, passed as CNI_ARGS
+	// K8S_POD_UID; empty on the etcd datastore, where no such object
+	// exists.
+	PodUID string
 	// WorkDir is a directory for the adder's files (CNI configurations,
 	// caches, logs); the lab creates it before the first pod and removes
 	// it on Down. An adder writes nothing elsewhere.

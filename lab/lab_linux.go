@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -79,6 +80,14 @@ func Up(ctx context.Context, t *Topology, opts Options) (err error) {
 	if err != nil {
 		return err
 	}
+	if opts.Datastore, err = open.ParseType(opts.Datastore); err != nil {
+		return fmt.Errorf("lab datastore: %w", err)
+	}
+	if opts.Datastore == open.TypeKubernetes && opts.Until.includes(StageDatastore) {
+		if _, err := kubeBinary(); err != nil {
+			return fmt.Errorf("the kubernetes datastore runs kube-apiserver: %w", err)
+		}
+	}
 	src, err := yaml.Marshal(t)
 	if err != nil {
 		return fmt.Errorf("record the topology: %w", err)
@@ -105,6 +114,7 @@ func Up(ctx context.Context, t *Topology, opts Options) (err error) {
 		state: &State{
 			Version: stateVersion, Topology: t.Name, TopologyYAML: string(src), Prefix: opts.Prefix,
 			Phase: PhaseBuilding, Until: opts.Until, UpPID: os.Getpid(), Started: time.Now().UTC(),
+			Datastore: opts.Datastore,
 		},
 	}
 	if err := r.save(); err != nil {
@@ -161,11 +171,15 @@ func (r *run) up(ctx context.Context) error {
 		return err
 	}
 	o.progress("up (stage %s); `twill lab status`, `twill lab exec TARGET -- CMD`, `twill lab report`, `twill lab down`", o.Until)
+	if r.state.Kubeconfig != "" {
+		o.progress("the datastore is Kubernetes: kubeconfig %s; try KUBECONFIG=%s kubectl get ippools,nodes", r.state.Kubeconfig, r.state.Kubeconfig)
+	}
 	return nil
 }
 
-// startDatastore runs `twill datastore run` on free loopback ports, waits
-// for it, applies the pools and pins the blocks.
+// startDatastore runs `twill datastore run` on free loopback ports and
+// waits for it; on the kubernetes datastore it then runs kube-apiserver on
+// it (startKube). It applies the pools and pins the blocks.
 func (r *run) startDatastore(ctx context.Context) error {
 	o := r.opts
 	cport, err := freePort()
@@ -187,14 +201,13 @@ func (r *run) startDatastore(ctx context.Context) error {
 		return fmt.Errorf("clear %s: %w", dataDir, err)
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d", cport)
-	r.state.Datastore = open.TypeEtcd
 	args := []string{"datastore", "run", "--data-dir", dataDir, "--listen-client-url", url,
 		"--listen-peer-url", fmt.Sprintf("http://127.0.0.1:%d", pport)}
-	c, err := startChild(r.exe, "etcd", args, filepath.Join(o.StateDir, "etcd.log"), r.recordFile, r.recordProc)
+	c, err := startChild(r.exe, procEtcd, args, filepath.Join(o.StateDir, "etcd.log"), r.recordFile, r.recordProc)
 	if err != nil {
 		return err
 	}
-	r.children["etcd"] = c
+	r.children[procEtcd] = c
 	r.state.Etcd = url
 	if err := r.save(); err != nil {
 		return err
@@ -208,7 +221,11 @@ func (r *run) startDatastore(ctx context.Context) error {
 		}
 		s, err := open.Open(ctx, open.Config{Type: open.TypeEtcd, Etcd: etcd.Config{Endpoints: []string{url}, DialTimeout: 2 * time.Second}})
 		if err == nil {
-			r.store = s
+			if r.state.DatastoreType() == open.TypeEtcd {
+				r.store = s
+			} else {
+				s.Close() // it only told that etcd answers
+			}
 			break
 		}
 		if ctx.Err() != nil {
@@ -218,6 +235,11 @@ func (r *run) startDatastore(ctx context.Context) error {
 			return fmt.Errorf("etcd at %s did not answer within 60s (%d attempts): %w; its log %s ends:\n%s", url, attempt, err, c.rec.Log, logTail(c.rec.Log, 15))
 		}
 		time.Sleep(300 * time.Millisecond)
+	}
+	if r.state.DatastoreType() == open.TypeKubernetes {
+		if err := r.startKube(ctx, url); err != nil {
+			return err
+		}
 	}
 
 	for _, p := range r.layout.Pools {
@@ -246,7 +268,8 @@ func (r *run) startDatastore(ctx context.Context) error {
 // startAgents runs one `twill node run` per node against its namespace and
 // waits until every node's kernel matches its plan.
 func (r *run) startAgents(ctx context.Context) error {
-	if err := hasAgent(ctx, r.exe); err != nil {
+	kube := r.state.DatastoreType() == open.TypeKubernetes
+	if err := hasAgent(ctx, r.exe, kube); err != nil {
 		return err
 	}
 	for _, m := range r.layout.Nodes() {
@@ -261,12 +284,21 @@ func (r *run) startAgents(ctx context.Context) error {
 			"--socket", sock,
 			"--health-addr=",
 			"--datastore", r.state.DatastoreType(),
-			"--etcd-endpoints", r.state.Etcd,
 			"--log-level", r.opts.AgentLogLevel,
 			"--vxlan-device", r.layout.VXLAN.Device,
 			"--vxlan-vni", strconv.Itoa(r.layout.VXLAN.VNI),
 			"--vxlan-port", strconv.Itoa(r.layout.VXLAN.Port),
 			"--vxlan-mtu", strconv.Itoa(r.layout.VXLAN.MTU),
+		}
+		if kube {
+			// The agents run in the root namespace (--netns points them
+			// at their node's), so the apiserver on 127.0.0.1 is theirs
+			// to reach, as etcd is.
+			args = append(args, "--kubeconfig", r.state.Kubeconfig,
+				"--ipam-gc-grace", r.opts.KubeGCGrace.String(),
+				"--ipam-gc-interval", r.opts.KubeGCInterval.String())
+		} else {
+			args = append(args, "--etcd-endpoints", r.state.Etcd)
 		}
 		c, err := startChild(r.exe, agentProcess(m.Name), args, filepath.Join(r.opts.StateDir, m.Name+".log"), r.recordFile, func(p Process) error {
 			p.Socket = sock
@@ -297,6 +329,10 @@ func (r *run) addPods(ctx context.Context) error {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return fmt.Errorf("pod work directory: %w", err)
 	}
+	client, err := r.podClient()
+	if err != nil {
+		return err
+	}
 	for _, p := range r.layout.Pods {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -314,6 +350,13 @@ func (r *run) addPods(ctx context.Context) error {
 		spec := PodSpec{
 			PodLayout: p, NetnsPath: NetnsPath(p.Netns), IfName: PodIfName,
 			NodeNetnsPath: NetnsPath(node.Netns), AgentSocket: agentSocket(r.opts.StateDir, p.Node), WorkDir: podWorkDir(r.opts.StateDir),
+		}
+		if client != nil {
+			// The pod exists in the API before its ADD, as a kubelet's
+			// does: the agent reads it, the garbage collector sees it live.
+			if err := CreatePodObject(ctx, client, &spec); err != nil {
+				return err
+			}
 		}
 		res, err := r.opts.Pods.AddPod(ctx, spec)
 		if err != nil {
@@ -366,31 +409,14 @@ func teardown(ctx context.Context, opts Options, st *State) error {
 	var errs []error
 
 	if opts.Pods != nil && len(st.Pods) > 0 {
-		if l, err := st.Layout(); err == nil {
-			for i := len(st.Pods) - 1; i >= 0; i-- {
-				ps := st.Pods[i]
-				p := slices.IndexFunc(l.Pods, func(x PodLayout) bool { return x.Name == ps.Name })
-				ag, ok := st.process(agentProcess(ps.Node))
-				if p < 0 || !ok || !ag.alive() {
-					continue
-				}
-				node, _ := l.Member(ps.Node)
-				spec := PodSpec{PodLayout: l.Pods[p], NetnsPath: NetnsPath(ps.Netns), IfName: PodIfName,
-					NodeNetnsPath: NetnsPath(node.Netns), AgentSocket: agentSocket(dir, ps.Node), WorkDir: podWorkDir(dir)}
-				dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				if err := opts.Pods.DelPod(dctx, spec); err != nil {
-					opts.progress("warning: delete pod %s: %v (its namespace is removed anyway)", ps.Name, err)
-				}
-				cancel()
-			}
-		}
+		deletePods(ctx, opts, st)
 	}
 
 	var procsLeft []Process
-	for _, p := range slices.Backward(st.Processes) {
-		if err := p.stop(10 * time.Second); err != nil {
-			errs = append(errs, err)
-			procsLeft = append(procsLeft, p)
+	for _, p := range stopProcesses(st.Processes) {
+		if p.err != nil {
+			errs = append(errs, p.err)
+			procsLeft = append(procsLeft, p.Process)
 			continue
 		}
 		opts.progress("stopped %s (pid %d)", p.Name, p.PID)
@@ -441,6 +467,94 @@ func teardown(ctx context.Context, opts Options, st *State) error {
 	return nil
 }
 
+// delPodsBudget bounds all of teardown's CNI DELs together, and
+// delPodTimeout each one: the namespaces go anyway, so a slow DEL must not
+// hold Down up.
+const (
+	delPodsBudget = 20 * time.Second
+	delPodTimeout = 5 * time.Second
+)
+
+// deletePods runs CNI DEL for the recorded pods, newest first, through the
+// PodAdder, while the pod's agent and the datastore's processes run (a DEL
+// against a dead datastore could only fail), within delPodsBudget.
+func deletePods(ctx context.Context, opts Options, st *State) {
+	dir := opts.StateDir
+	l, err := st.Layout()
+	if err != nil {
+		return
+	}
+	for _, name := range []string{procEtcd, procKubeAPIServer} {
+		if p, ok := st.process(name); ok && !p.alive() {
+			opts.progress("warning: %s is not running: the pods are not deleted through CNI (their namespaces are removed anyway)", name)
+			return
+		}
+	}
+	deadline := time.Now().Add(delPodsBudget)
+	for i := len(st.Pods) - 1; i >= 0; i-- {
+		ps := st.Pods[i]
+		p := slices.IndexFunc(l.Pods, func(x PodLayout) bool { return x.Name == ps.Name })
+		ag, ok := st.process(agentProcess(ps.Node))
+		if p < 0 || !ok || !ag.alive() {
+			continue
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			opts.progress("warning: the CNI DELs took longer than %s: the remaining %d pods are not deleted through CNI (their namespaces are removed anyway)", delPodsBudget, i+1)
+			return
+		}
+		node, _ := l.Member(ps.Node)
+		spec := PodSpec{PodLayout: l.Pods[p], NetnsPath: NetnsPath(ps.Netns), IfName: PodIfName,
+			NodeNetnsPath: NetnsPath(node.Netns), AgentSocket: agentSocket(dir, ps.Node), WorkDir: podWorkDir(dir)}
+		dctx, cancel := context.WithTimeout(ctx, min(left, delPodTimeout))
+		if err := opts.Pods.DelPod(dctx, spec); err != nil {
+			opts.progress("warning: delete pod %s: %v (its namespace is removed anyway)", ps.Name, err)
+		}
+		cancel()
+	}
+}
+
+// stopResult is one process teardown tried to stop.
+type stopResult struct {
+	Process
+	err error
+}
+
+// stopGrace is how long a process gets between SIGTERM and SIGKILL.
+func stopGrace(name string) time.Duration {
+	if name == procKubeAPIServer {
+		return apiserverStopGrace
+	}
+	return 10 * time.Second
+}
+
+// stopProcesses stops the recorded processes in reverse start order, the
+// agents all at once (they were started last and are independent), and
+// returns each with its error, in the order they were stopped.
+func stopProcesses(procs []Process) []stopResult {
+	isAgent := func(p Process) bool { return strings.HasPrefix(p.Name, agentProcess("")) }
+	var res []stopResult
+	var agents []Process
+	for _, p := range slices.Backward(procs) {
+		if isAgent(p) {
+			agents = append(agents, p)
+		}
+	}
+	agentRes := make([]stopResult, len(agents))
+	var wg sync.WaitGroup
+	for i, p := range agents {
+		wg.Go(func() { agentRes[i] = stopResult{Process: p, err: p.stop(stopGrace(p.Name))} })
+	}
+	wg.Wait()
+	res = append(res, agentRes...)
+	for _, p := range slices.Backward(procs) {
+		if !isAgent(p) {
+			res = append(res, stopResult{Process: p, err: p.stop(stopGrace(p.Name))})
+		}
+	}
+	return res
+}
+
 // Status reports what runs in the lab recorded in opts.StateDir.
 func Status(ctx context.Context, opts Options) (*StatusReport, error) {
 	opts = opts.withDefaults()
@@ -467,7 +581,13 @@ func Status(ctx context.Context, opts Options) (*StatusReport, error) {
 		}
 		return &ProcessStatus{Name: p.Name, PID: p.PID, Alive: p.alive(), Log: p.Log}
 	}
-	s.Etcd = procStatus("etcd")
+	s.Etcd = procStatus(procEtcd)
+	s.APIServer = procStatus(procKubeAPIServer)
+	if s.APIServer == nil {
+		// Not ready yet (or never): the process that starts it.
+		s.APIServer = procStatus(procAPIServer)
+	}
+	s.APIServerURL, s.Kubeconfig = st.APIServer, st.Kubeconfig
 	for _, m := range l.Members {
 		ms := MemberStatus{Name: m.Name, Role: m.Role, Netns: m.Netns, Address: m.Address.String(), NetnsExists: netnsExists(m.Netns)}
 		if m.Role == RoleNode {

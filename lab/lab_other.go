@@ -24,5 +24,15 @@ func Exec(context.Context, Options, string, []string, io.Reader, io.Writer, io.W
 	return 0, ErrNotLinux
 }
 
+// APIServerConfig configures RunAPIServer.
+type APIServerConfig struct {
+	Dir         string
+	EtcdServers []string
+	Binary      string
+}
+
+// RunAPIServer needs Linux; elsewhere it fails with ErrNotLinux.
+func RunAPIServer(context.Context, APIServerConfig, io.Writer) error { return ErrNotLinux }
+
 // NewCNIPodAdder needs Linux; elsewhere it fails with ErrNotLinux.
 func NewCNIPodAdder(Options) (PodAdder, error) { return nil, ErrNotLinux }

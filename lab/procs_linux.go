@@ -225,13 +225,19 @@ func freePort() (int, error) {
 }
 
 // hasAgent reports whether exe has the `node run` command with the flags
-// the lab passes.
-func hasAgent(ctx context.Context, exe string) error {
+// the lab passes; kube adds those of the kubernetes datastore.
+func hasAgent(ctx context.Context, exe string, kube bool) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, exe, "node", "run", "--help").CombinedOutput()
-	if err != nil || !bytes.Contains(out, []byte("--netns")) || !bytes.Contains(out, []byte("--socket")) || !bytes.Contains(out, []byte("--vxlan-vni")) {
-		return fmt.Errorf("%w: `%s node run --help` shows no --netns/--socket/--vxlan-vni flags; build twill with cli/node.go, or stop at a stage before agents (--until datastore)", ErrNoAgent, exe)
+	flags := []string{"--netns", "--socket", "--vxlan-vni"}
+	if kube {
+		flags = append(flags, "--kubeconfig", "--ipam-gc-grace", "--ipam-gc-interval")
+	}
+	for _, f := range flags {
+		if err != nil || !bytes.Contains(out, []byte(f)) {
+			return fmt.Errorf("%w: `%s node run --help` shows no %s flags; build twill with cli/node.go, or stop at a stage before agents (--until datastore)", ErrNoAgent, exe, strings.Join(flags, "/"))
+		}
 	}
 	return nil
 }

@@ -76,14 +76,18 @@ type State struct {
 	Datastore string `json:"datastore,omitempty"`
 	// Etcd is the etcd datastore's client URL.
 	Etcd string `json:"etcd,omitempty"`
-	// Kubeconfig is the kubeconfig file of a kubernetes datastore.
+	// Kubeconfig is the kubeconfig file of a kubernetes datastore;
+	// APIServer is its kube-apiserver's URL.
 	Kubeconfig string     `json:"kubeconfig,omitempty"`
+	APIServer  string     `json:"apiServer,omitempty"`
 	Pods       []PodState `json:"pods,omitempty"`
 }
 
 // Process is one child process of the lab.
 type Process struct {
-	// Name is "etcd" or "agent/<node>".
+	// Name is "etcd", "apiserver" (the `twill lab kube-apiserver`
+	// process that runs and watches kube-apiserver), "kube-apiserver" or
+	// "agent/<node>".
 	Name string `json:"name"`
 	PID  int    `json:"pid"`
 	// StartTime is the process's start time in clock ticks since boot
@@ -104,6 +108,9 @@ type PodState struct {
 	Address   string `json:"address,omitempty"`
 	HostIface string `json:"hostIface,omitempty"`
 }
+
+// procEtcd names the lab's etcd process.
+const procEtcd = "etcd"
 
 // agentProcess names the process of node's agent.
 func agentProcess(node string) string { return "agent/" + node }

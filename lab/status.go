@@ -45,10 +45,16 @@ type StatusReport struct {
 	Datastore string
 	Etcd      *ProcessStatus
 	EtcdURL   string
-	Router    string
-	RouterOK  bool
-	Members   []MemberStatus
-	Pods      []PodState
+	// APIServer is the kube-apiserver process of a lab on the kubernetes
+	// datastore, APIServerURL its address and Kubeconfig its admin
+	// kubeconfig file.
+	APIServer    *ProcessStatus
+	APIServerURL string
+	Kubeconfig   string
+	Router       string
+	RouterOK     bool
+	Members      []MemberStatus
+	Pods         []PodState
 	// PodsPlanned is the number of pods the topology has.
 	PodsPlanned int
 }
@@ -65,6 +71,16 @@ func (s *StatusReport) WriteText(w io.Writer) {
 	}
 	if s.Etcd != nil {
 		fmt.Fprintf(w, "etcd:   %s pid %d %s (log %s)\n", s.EtcdURL, s.Etcd.PID, alive(s.Etcd.Alive), s.Etcd.Log)
+	}
+	if s.APIServer != nil {
+		url := s.APIServerURL
+		if url == "" {
+			url = "(starting)"
+		}
+		fmt.Fprintf(w, "%s: %s pid %d %s (log %s)\n", s.APIServer.Name, url, s.APIServer.PID, alive(s.APIServer.Alive), s.APIServer.Log)
+	}
+	if s.Kubeconfig != "" {
+		fmt.Fprintf(w, "kubeconfig: %s (KUBECONFIG=%s kubectl get ippools,nodes)\n", s.Kubeconfig, s.Kubeconfig)
 	}
 	fmt.Fprintf(w, "\n%-16s %-5s %-20s %-22s %-9s %s\n", "NAME", "ROLE", "ADDRESS", "NAMESPACE", "AGENT", "HEALTH")
 	for _, m := range s.Members {
