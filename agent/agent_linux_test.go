@@ -19,6 +19,7 @@ import (
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/datastore/etcdtest"
 	"twill.dev/twill/internal/nettest"
+	"twill.dev/twill/internal/syncbuf"
 	"twill.dev/twill/ipam"
 	"twill.dev/twill/plan"
 )
@@ -44,13 +45,13 @@ type cluster struct {
 	ipam   *ipam.IPAM
 	lab    *nettest.Lab
 	agents map[string]*liveAgent
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 	sock   string
 }
 
 func newCluster(t *testing.T) *cluster {
 	nettest.RequireRoot(t)
-	c := &cluster{t: t, store: etcdtest.NewStore(t), agents: map[string]*liveAgent{}, logs: &syncBuffer{}, sock: t.TempDir()}
+	c := &cluster{t: t, store: etcdtest.NewStore(t), agents: map[string]*liveAgent{}, logs: &syncbuf.Buffer{}, sock: t.TempDir()}
 	c.ipam = ipam.New(c.store)
 	pool := api.IPPool{Metadata: api.ObjectMeta{Name: "default-ipv4-ippool"},
 		Spec: api.IPPoolSpec{CIDR: "172.16.0.0/16", BlockSize: 26, VXLANMode: api.EncapCrossSubnet, IPIPMode: api.EncapNever, NATOutgoing: true}}

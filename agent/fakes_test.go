@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 	"twill.dev/twill/api"
 	"twill.dev/twill/dataplane"
 	"twill.dev/twill/datastore"
+	"twill.dev/twill/internal/syncbuf"
 	"twill.dev/twill/plan"
 )
 
@@ -185,24 +185,6 @@ func (c *fakeClock) pending() int {
 	return n
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // harness runs an agent on a Fake store with a fake dataplane.
 type harness struct {
 	t      *testing.T
@@ -211,7 +193,7 @@ type harness struct {
 	clock  *fakeClock
 	agent  *Agent
 	client *agentapi.Client
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 	cancel context.CancelFunc
 	done   chan error
 	cfg    Config
@@ -284,7 +266,7 @@ func newHarness(t *testing.T, store *datastore.Fake, mutate func(*Config)) *harn
 	if store == nil {
 		store = datastore.NewFake()
 	}
-	h := &harness{t: t, store: store, dp: newFakeDP(), clock: newFakeClock(), logs: &syncBuffer{}}
+	h := &harness{t: t, store: store, dp: newFakeDP(), clock: newFakeClock(), logs: &syncbuf.Buffer{}}
 	sock := filepath.Join(t.TempDir(), "run", "agent.sock")
 	h.cfg = Config{
 		NodeName:   "k8s-master1",

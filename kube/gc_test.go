@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -22,6 +21,7 @@ import (
 
 	"twill.dev/twill/api"
 	"twill.dev/twill/datastore"
+	"twill.dev/twill/internal/syncbuf"
 	"twill.dev/twill/ipam"
 )
 
@@ -41,24 +41,6 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.now = c.now.Add(d)
 	c.mu.Unlock()
-}
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func putObj(t testing.TB, s datastore.Store, kind datastore.Kind, name string, labels map[string]string, v any) {
@@ -167,7 +149,7 @@ type gcFixture struct {
 	client *fake.Clientset
 	clock  *fakeClock
 	reg    *prometheus.Registry
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 	gc     *GC
 }
 
@@ -180,7 +162,7 @@ func newFixture(t *testing.T, objs ...runtime.Object) *gcFixture {
 		store: datastore.NewFake(),
 		clock: &fakeClock{now: t0},
 		reg:   prometheus.NewRegistry(),
-		logs:  &syncBuffer{},
+		logs:  &syncbuf.Buffer{},
 	}
 	f.m = ipam.New(f.store, ipam.WithCacheTTL(0), ipam.WithRepairGrace(0))
 	putPool(t, f.store, "default", "10.244.0.0/16")

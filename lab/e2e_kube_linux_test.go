@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/datastore/kube/apiserver"
 	"twill.dev/twill/datastore/open"
+	"twill.dev/twill/internal/syncbuf"
 	"twill.dev/twill/ipam"
 	"twill.dev/twill/plan"
 )
@@ -59,24 +59,6 @@ func kubeLabOptions(t *testing.T) (opts Options, kubectl string) {
 	opts = podLabOptions(t)
 	opts.Datastore = open.TypeKubernetes
 	return opts, kubectl
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // runKubectl runs the built kubectl against the lab's apiserver, with
@@ -175,7 +157,7 @@ func labProcesses(t *testing.T, dir string) []string {
 // block's routes off every peer within 2 s; Down leaves nothing.
 func TestKubeEndToEndSeed(t *testing.T) {
 	opts, kubectl := kubeLabOptions(t)
-	var out syncBuffer
+	var out syncbuf.Buffer
 	opts.Out = io.MultiWriter(opts.Out, &out)
 	seed := loadSeedObserved(t)
 	topo, err := Load("seed")
