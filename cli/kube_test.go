@@ -96,4 +96,34 @@ spec:
 	if strings.Contains(r.stdout, "default-ipv4-ippool") {
 		t.Errorf("pool still listed after delete:\n%s", r.stdout)
 	}
+	// Calico's projectcalico.org/v3 IPPool, as `calicoctl get ippool -o
+	// yaml` prints it, is stored as a twill.dev/v1 IPPool on this backend
+	// too, and the apiserver's schema accepts the converted spec.
+	calico := `apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: calico-pool
+  creationTimestamp: "2023-11-09T01:00:00Z"
+  uid: 0b7b7c6e-1b4e-4f0a-9d5e-6a1c2c6f2f00
+spec:
+  allowedUses:
+  - Workload
+  - Tunnel
+  blockSize: 26
+  cidr: 10.244.0.0/16
+  ipipMode: Never
+  natOutgoing: true
+  nodeSelector: all()
+  vxlanMode: CrossSubnet
+`
+	r = mustSucceed(t, kube(calico, "apply", "-f", "-"))
+	if strings.TrimSpace(r.stdout) != "ippool.twill.dev/calico-pool created" {
+		t.Fatalf("apply of a Calico v3 IPPool: %q", r.stdout)
+	}
+	r = mustSucceed(t, kube("", "get", "ippool", "calico-pool", "-o", "yaml"))
+	for _, want := range []string{"apiVersion: twill.dev/v1", "cidr: 10.244.0.0/16", "vxlanMode: CrossSubnet", "natOutgoing: true"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("get ippool calico-pool -o yaml lacks %q:\n%s", want, r.stdout)
+		}
+	}
 }

@@ -62,7 +62,7 @@ func New(opts Options) (*Reconciler, error) {
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		ns.Close()
-		return nil, fmt.Errorf("dataplane: netlink socket in namespace %q (needs CAP_NET_ADMIN): %w", opts.NetnsPath, err)
+		return nil, fmt.Errorf("dataplane: netlink socket in namespace %q (needs CAP_SYS_ADMIN to enter the namespace and CAP_NET_ADMIN to program it): %w", opts.NetnsPath, err)
 	}
 	log := opts.Logger
 	if log == nil {
