@@ -71,20 +71,22 @@ func ListObjects[T any](ctx context.Context, s Store, kind Kind, opts ListOption
 	return out, rev, nil
 }
 
-// Put writes kv whether or not the object exists: an unconditional Update,
-// or a Create when it is missing. It retries the race where the object
-// appears or disappears in between a bounded number of times.
+// Put writes kv whether or not the object exists: a Create, or an
+// unconditional Update when it is already there. Create comes first because
+// Put's callers mostly record new objects (a pod's endpoint at CNI ADD), so
+// the common case costs one round trip. The race where the object appears
+// or disappears in between is retried a bounded number of times.
 func Put(ctx context.Context, s Store, kv KV) (KV, error) {
 	kv.Revision = ""
 	var err error
 	for i := 0; i < 5; i++ {
 		var out KV
-		out, err = s.Update(ctx, kv)
-		if !errors.Is(err, ErrNotFound) {
-			return out, err
-		}
 		out, err = s.Create(ctx, kv)
 		if !errors.Is(err, ErrExists) {
+			return out, err
+		}
+		out, err = s.Update(ctx, kv)
+		if !errors.Is(err, ErrNotFound) {
 			return out, err
 		}
 	}
