@@ -515,21 +515,27 @@ func (k *kubeEnv) testInvalidIPPool(t *testing.T) {
 		name string
 		edit func(*api.IPPoolSpec)
 		msg  string
+		// same: twill apply (api.IPPool.Validate) says the same words. The
+		// others are the apiserver's own enum, format and set messages.
+		same bool
 	}{
-		{"block-33", func(s *api.IPPoolSpec) { s.BlockSize = 33 }, "between 20 and 32 for IPv4"},
-		{"block-v6-100", func(s *api.IPPoolSpec) { s.CIDR, s.BlockSize = "fd00::/48", 100 }, "between 116 and 128 for IPv6"},
-		{"not-cidr", func(s *api.IPPoolSpec) { s.CIDR = "10.0.0.1" }, "must be a network in CIDR notation"},
-		{"host-bits", func(s *api.IPPoolSpec) { s.CIDR = "10.0.0.1/16" }, "has host bits set"},
-		{"link-local", func(s *api.IPPoolSpec) { s.CIDR = "169.254.0.0/16" }, "link-local"},
-		{"small", func(s *api.IPPoolSpec) { s.CIDR = "10.0.0.0/28" }, "smaller than one block"},
-		{"mode", func(s *api.IPPoolSpec) { s.VXLANMode = "always" }, "Unsupported value"},
-		{"both", func(s *api.IPPoolSpec) { s.IPIPMode = api.EncapAlways }, "cannot both be enabled"},
-		{"use", func(s *api.IPPoolSpec) { s.AllowedUses = []api.IPPoolUse{"LoadBalancer"} }, "Unsupported value"},
-		{"dup-use", func(s *api.IPPoolSpec) { s.AllowedUses = []api.IPPoolUse{api.UseWorkload, api.UseWorkload} }, "Duplicate value"},
+		{"block-33", func(s *api.IPPoolSpec) { s.BlockSize = 33 }, "between 20 and 32 for IPv4", true},
+		{"block-v6-100", func(s *api.IPPoolSpec) { s.CIDR, s.BlockSize = "fd00::/48", 100 }, "between 116 and 128 for IPv6", true},
+		{"not-cidr", func(s *api.IPPoolSpec) { s.CIDR = "10.0.0.1" }, "must be a network in CIDR notation", false},
+		{"host-bits", func(s *api.IPPoolSpec) { s.CIDR = "10.0.0.1/16" }, "has host bits set", true},
+		{"link-local", func(s *api.IPPoolSpec) { s.CIDR = "169.254.0.0/16" }, "link-local", true},
+		{"small", func(s *api.IPPoolSpec) { s.CIDR = "10.0.0.0/28" }, "smaller than one", true},
+		{"mode", func(s *api.IPPoolSpec) { s.VXLANMode = "always" }, "Unsupported value", false},
+		{"both", func(s *api.IPPoolSpec) { s.IPIPMode = api.EncapAlways }, "cannot both be enabled", true},
+		{"use", func(s *api.IPPoolSpec) { s.AllowedUses = []api.IPPoolUse{"LoadBalancer"} }, "Unsupported value", false},
+		{"dup-use", func(s *api.IPPoolSpec) { s.AllowedUses = []api.IPPoolUse{api.UseWorkload, api.UseWorkload} }, "Duplicate value", false},
 	} {
 		p := seedPool()
 		p.Metadata.Name = "invalid-" + tc.name
 		tc.edit(&p.Spec)
+		if verr := p.Validate(); verr == nil || (tc.same && !strings.Contains(verr.Error(), tc.msg)) {
+			t.Errorf("%s: api validation = %v; want it refused (saying %q: %v)", tc.name, verr, tc.msg, tc.same)
+		}
 		_, err := k.s.Create(ctx, mustKV(t, datastore.KindIPPool, p.Metadata.Name, nil, p))
 		if !errors.Is(err, datastore.ErrInvalid) || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%s: Create = %v; want ErrInvalid saying %q", tc.name, err, tc.msg)
