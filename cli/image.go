@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"twill.dev/twill/image"
+	"twill.dev/twill/internal/atomicfile"
 	"twill.dev/twill/manifest"
 )
 
@@ -148,7 +150,7 @@ func runImageBuild(cmd *cobra.Command, o imageBuildOptions) error {
 		Created:      created,
 	}
 	var res image.Result
-	err = writeFileAtomic(o.output, 0o644, func(f *os.File) error {
+	err = atomicfile.Write(o.output, 0o644, func(f io.Writer) error {
 		bw := bufio.NewWriterSize(f, 1<<20)
 		var err error
 		if res, err = image.Build(bw, spec); err != nil {
@@ -200,40 +202,4 @@ func checkImageBinary(flag, path string) (string, error) {
 		return "", fmt.Errorf("%s: %w", flag, err)
 	}
 	return arch, nil
-}
-
-// writeFileAtomic writes path through fill into a temporary file next to
-// it, which it renames into place only when fill succeeded; on failure
-// nothing is left behind.
-func writeFileAtomic(path string, mode os.FileMode, fill func(*os.File) error) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create a temporary file next to %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := fill(tmp); err != nil {
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", tmp.Name(), path, err)
-	}
-	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"twill.dev/twill/agentapi"
+	"twill.dev/twill/internal/atomicfile"
 )
 
 // Defaults of InstallOptions.
@@ -121,14 +122,14 @@ func Install(opts InstallOptions) (Installed, error) {
 	out := Installed{Binary: filepath.Join(opts.BinDir, PluginType), Conflist: filepath.Join(opts.ConfDir, opts.ConfName)}
 	// Installing a binary onto itself leaves nothing to copy.
 	if !same(opts.PluginBinary, out.Binary) {
-		if err := writeAtomic(out.Binary, 0o755, func(w io.Writer) error {
+		if err := atomicfile.Write(out.Binary, 0o755, func(w io.Writer) error {
 			_, err := io.Copy(w, src)
 			return err
 		}); err != nil {
 			return bad("%v", err)
 		}
 	}
-	if err := writeAtomic(out.Conflist, 0o644, func(w io.Writer) error {
+	if err := atomicfile.Write(out.Conflist, 0o644, func(w io.Writer) error {
 		_, err := w.Write(conf)
 		return err
 	}); err != nil {
@@ -200,36 +201,4 @@ func Conflist(opts InstallOptions) ([]byte, error) {
 		return nil, err
 	}
 	return append(out, '\n'), nil
-}
-
-// writeAtomic writes path through a temporary file in its directory,
-// synced and renamed into place.
-func writeAtomic(path string, mode os.FileMode, fill func(io.Writer) error) (err error) {
-	dir, base := filepath.Split(path)
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create a temporary file next to %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := fill(tmp); err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", tmp.Name(), path, err)
-	}
-	return nil
 }
