@@ -175,11 +175,100 @@ func HealSamples(ctx context.Context, nsPath string, v Victim, n, warmup int) ([
 			return 0, fmt.Errorf("delete %s (sample %d): %w", v.Name, i+1, err)
 		}
 		at, err := w.Await(ctx, &v.Trigger, v.Restored, healTimeout)
+		if errors.Is(err, ErrTimeout) {
+			// Not healed from the kernel's events in time. That is a data
+			// point, not a failure to measure: wait (bounded) for whatever
+			// restores it later, the agent's periodic resync included, as
+			// seen in the kernel's own tables, and count the whole wait.
+			// The sample then exceeds healTimeout, which the row's note
+			// reports and the p99 shows.
+			if at, err = awaitPresent(ctx, h, v.Restored, healRecover); err != nil {
+				return 0, fmt.Errorf("%s was not restored (sample %d) within %s: %w", v.Name, i+1, healTimeout+healRecover, err)
+			}
+		}
 		if err != nil {
 			return 0, fmt.Errorf("%s was not restored (sample %d): %w", v.Name, i+1, err)
 		}
 		return at.Sub(t0), nil
 	})
+}
+
+// healRecover bounds the wait, after healTimeout, for a restoration that
+// the kernel's events did not bring (the agent's full resync runs every
+// 30 s).
+const healRecover = 40 * time.Second
+
+// awaitPresent polls the kernel through h until every key of want (adds)
+// is present, at most maxWait, and returns when it saw them all.
+func awaitPresent(ctx context.Context, h *netlink.Handle, want []Key, maxWait time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(maxWait)
+	for {
+		missing, err := absent(h, want)
+		if err != nil {
+			return time.Time{}, err
+		}
+		if len(missing) == 0 {
+			return time.Now(), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("%w: still absent from the kernel: %v", ErrTimeout, missing)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// absent returns the keys of want (adds of links that are up, main-table
+// IPv4 routes, permanent IPv4 neighbours and FDB entries) that the kernel
+// does not hold now.
+func absent(h *netlink.Handle, want []Key) ([]Key, error) {
+	have := map[Key]bool{}
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if a := l.Attrs(); a.Flags&net.FlagUp != 0 {
+			have[LinkKey(a.Name, true)] = true
+		}
+	}
+	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range rs {
+		if r.Dst != nil {
+			have[RouteKey(r.Dst.String(), true)] = true
+		}
+	}
+	ns, err := h.NeighList(0, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("list neighbours: %w", err)
+	}
+	for _, n := range ns {
+		if n.State&netlink.NUD_PERMANENT != 0 && n.IP != nil {
+			have[NeighKey(n.IP.String(), true)] = true
+		}
+	}
+	fdb, err := h.NeighList(0, unix.AF_BRIDGE)
+	if err != nil {
+		return nil, fmt.Errorf("list FDB entries: %w", err)
+	}
+	for _, n := range fdb {
+		if n.HardwareAddr != nil {
+			have[FDBKey(n.HardwareAddr.String(), true)] = true
+		}
+	}
+	var missing []Key
+	for _, k := range want {
+		if !have[k] {
+			missing = append(missing, k)
+		}
+	}
+	return missing, nil
 }
 
 // changeSamples opens a netlink handle and a Watcher in the namespace at

@@ -411,6 +411,9 @@ func (r *runner) selfHeal(ctx context.Context) []Row {
 				if c == "device" {
 					row.Note = fmt.Sprintf("%s deleted in %s until it is up with all %d of its routes, neighbours and FDB entries back", dev, local.Name, len(v.Restored)-1)
 				}
+				if slow := countOver(samples, healTimeout); slow > 0 {
+					row.Note += fmt.Sprintf("; %d of %d samples were not healed from kernel events within %s (restored later, by the agent's resync, as the kernel's tables showed; counted whole)", slow, len(samples), healTimeout)
+				}
 				rows = append(rows, row)
 				continue
 			}
@@ -418,6 +421,17 @@ func (r *runner) selfHeal(ctx context.Context) []Row {
 		rows = append(rows, errorRow(FigSelfHeal, c, "ms", err, goal))
 	}
 	return rows
+}
+
+// countOver counts the samples longer than d.
+func countOver(samples []time.Duration, d time.Duration) int {
+	n := 0
+	for _, s := range samples {
+		if s > d {
+			n++
+		}
+	}
+	return n
 }
 
 // convergencePeers returns n peers that exist nowhere yet: addresses
