@@ -3,7 +3,7 @@
 # datastore tests and lab use (kube-apiserver and kubectl), from
 # k8s.io/kubernetes through the Go module proxy, and caches them under a
 # directory keyed by version, so only the first run pays for the build
-# (about 10 minutes of two cores cold; seconds afterwards).
+# (10–25 minutes on two cores cold, depending on load; seconds afterwards).
 #
 # Usage: scripts/kube-build.sh [binary ...]   (default: kube-apiserver kubectl)
 # Prints the cache directory on its last line. TWILL_KUBE_CACHE overrides the
