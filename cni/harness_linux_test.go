@@ -31,6 +31,7 @@ import (
 	"twill.dev/twill/datastore"
 	"twill.dev/twill/datastore/etcdtest"
 	"twill.dev/twill/internal/nettest"
+	"twill.dev/twill/internal/syncbuf"
 	"twill.dev/twill/ipam"
 )
 
@@ -79,27 +80,9 @@ type testNode struct {
 	list    *libcni.NetworkConfigList
 	opts    nodeOpts
 
-	agentLog   *lockedBuffer
+	agentLog   *syncbuf.Buffer
 	stopAgent  func()
 	agentAlive bool
-}
-
-// lockedBuffer collects the agent's log for failure reports.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func newNode(tb testing.TB, opts nodeOpts) *testNode {
@@ -121,7 +104,7 @@ func newNode(tb testing.TB, opts nodeOpts) *testNode {
 	if opts.cniVersion == "" {
 		opts.cniVersion = DefaultCNIVersion
 	}
-	n := &testNode{tb: tb, opts: opts, agentLog: &lockedBuffer{}}
+	n := &testNode{tb: tb, opts: opts, agentLog: &syncbuf.Buffer{}}
 	n.ns = nettest.New(tb, "cn")
 	n.name, n.path, n.h = n.ns.Name, n.ns.Path, n.ns.H
 	// eth0 is a veth whose peer stays in the node namespace (the sandbox's

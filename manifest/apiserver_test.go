@@ -44,6 +44,7 @@ import (
 	"twill.dev/twill/datastore/kube"
 	"twill.dev/twill/datastore/kubetest"
 	"twill.dev/twill/internal/nettest"
+	"twill.dev/twill/internal/syncbuf"
 	"twill.dev/twill/ipam"
 	gc "twill.dev/twill/kube"
 	"twill.dev/twill/manifest"
@@ -291,7 +292,7 @@ func testRBAC(t *testing.T, ctx context.Context, admin apiClients, objs []*unstr
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	leader := make(chan *gc.GC, 1)
 	sock := t.TempDir() + "/agent.sock"
@@ -601,24 +602,6 @@ func watchKinds(t *testing.T, ctx context.Context, s datastore.Store, kinds ...d
 		}()
 	}
 	return out
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent writers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // grepLines returns the lines of s that contain sub.
