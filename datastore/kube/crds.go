@@ -11,6 +11,7 @@ import (
 	apiextclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
@@ -83,7 +84,54 @@ func InstallCRDs(ctx context.Context, cfg *rest.Config) error {
 			}
 		}
 	}
-	return nil
+	// Established is set before the apiserver's discovery document lists
+	// the resource; clients that check discovery (as New does) must find it.
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("install CRDs on %s: %w", cfg.Host, err)
+	}
+	for {
+		missing, err := undiscovered(dc, want)
+		if err == nil && len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("CRDs on %s were established but discovery does not list %v in time (last error: %v): %w", cfg.Host, missing, err, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// undiscovered lists the plural names of the CRDs in want that the
+// apiserver's discovery does not serve yet.
+func undiscovered(dc discovery.DiscoveryInterface, want []*apiextv1.CustomResourceDefinition) ([]string, error) {
+	var missing []string
+	served := map[string]map[string]bool{}
+	for _, c := range want {
+		for _, v := range c.Spec.Versions {
+			if !v.Served {
+				continue
+			}
+			gv := c.Spec.Group + "/" + v.Name
+			if served[gv] == nil {
+				served[gv] = map[string]bool{}
+				list, err := dc.ServerResourcesForGroupVersion(gv)
+				if err != nil && !apierrors.IsNotFound(err) {
+					return nil, err
+				}
+				if list != nil {
+					for _, r := range list.APIResources {
+						served[gv][r.Name] = true
+					}
+				}
+			}
+			if !served[gv][c.Spec.Names.Plural] {
+				missing = append(missing, gv+"/"+c.Spec.Names.Plural)
+			}
+		}
+	}
+	return missing, nil
 }
 
 // updateCRD replaces the spec of an existing CRD with c's.
